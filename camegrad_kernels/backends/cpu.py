@@ -1,0 +1,35 @@
+"""The C++ CPU backend: ``torch.ops.camegrad`` ops implemented in csrc/cpu/."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import ops
+
+NAME = "cpu"
+
+
+def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if not ops.HAS_CPU_OPS:
+        return f"the C++ extension camegrad_kernels._C is not built ({ops.LOAD_ERRORS.get('_C')})"
+    if device.type != "cpu":
+        return f"it runs CPU tensors only, got a tensor on {device}"
+    return None
+
+
+def gram(grads: Tensor) -> Tensor:
+    return torch.ops.camegrad.gram(grads)
+
+
+def coefficients(
+    gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.ops.camegrad.coefficients(gram, weights, rho, kappa, nu, eps, stages)
+
+
+def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Optional[Tensor]) -> Tensor:
+    torch.ops.camegrad.combine_out(grads, coeffs, skip, out)
+    return out

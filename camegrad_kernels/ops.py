@@ -1,0 +1,78 @@
+"""The ``torch.ops.camegrad`` custom ops: loading the C++ library, fake kernels.
+
+Schemas live in csrc/ops.cpp (TORCH_LIBRARY(camegrad, m)); the CPU kernels in
+``camegrad_kernels._C`` and the CUDA kernels in ``camegrad_kernels._cuda``
+register their implementations. The fake (meta) kernels below give shapes and
+dtypes only, so ``torch.compile`` traces the ops and ``torch.library.opcheck``
+passes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+LOAD_ERRORS: dict[str, str] = {}
+
+
+def _load(module: str) -> bool:
+    try:
+        importlib.import_module(f"camegrad_kernels.{module}")
+    except ImportError as exc:  # not built, or built against another torch
+        LOAD_ERRORS[module] = str(exc)
+        return False
+    return True
+
+
+HAS_CPU_OPS = _load("_C")
+HAS_CUDA_OPS = HAS_CPU_OPS and _load("_cuda")
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if HAS_CPU_OPS:
+
+    @torch.library.register_fake("camegrad::gram")
+    def _gram_fake(grads: Tensor) -> Tensor:
+        n = grads.shape[0]
+        return grads.new_empty((n, n), dtype=_acc(grads.dtype))
+
+    @torch.library.register_fake("camegrad::coefficients")
+    def _coefficients_fake(
+        gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = gram.shape[0]
+        return (
+            gram.new_empty((n,)),
+            gram.new_empty((n,)),
+            gram.new_empty(()),
+            gram.new_empty((), dtype=torch.bool),
+        )
+
+    @torch.library.register_fake("camegrad::combine")
+    def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+        return grads.new_empty((grads.shape[1],))
+
+    @torch.library.register_fake("camegrad::combine_out")
+    def _combine_out_fake(grads: Tensor, coeffs: Tensor, skip: Optional[Tensor], out: Tensor) -> None:
+        return None
+
+    @torch.library.register_fake("camegrad::step")
+    def _step_fake(
+        grads: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        n, d = grads.shape
+        acc = _acc(grads.dtype)
+        return (
+            grads.new_empty((d,)),
+            grads.new_empty((n, n), dtype=acc),
+            grads.new_empty((n,), dtype=acc),
+            grads.new_empty((n,), dtype=acc),
+            grads.new_empty((), dtype=acc),
+            grads.new_empty((), dtype=torch.bool),
+        )
