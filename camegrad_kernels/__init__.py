@@ -15,9 +15,12 @@ from .api import (
     gram,
     task_cosines,
 )
+from .trainer import CAMEGrad, TrainStepInfo
 
 __all__ = [
+    "CAMEGrad",
     "Coefficients",
+    "TrainStepInfo",
     "StepInfo",
     "available_backends",
     "camegrad_coefficients",

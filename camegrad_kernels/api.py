@@ -85,6 +85,8 @@ def _select_backend(backend: str, device: torch.device, dtype: torch.dtype) -> M
             raise RuntimeError(f"backend {backend!r} cannot run {dtype} on {device}: {reason}")
         return module
     for name in backends.PRIORITY:
+        if name == "triton" and device.type == "cpu":
+            continue  # the Triton interpreter is for tests, never a fast path
         module = backends.load(name)
         if module.unavailable_reason(device, dtype) is None:
             return module
@@ -284,6 +286,7 @@ def camegrad_step(
     backend: str = "auto",
     nonfinite: str = "raise",
     return_info: bool = False,
+    process_group: Optional["torch.distributed.ProcessGroup"] = None,
 ) -> Union[Tensor, tuple[Tensor, StepInfo]]:
     """One CAME-Grad step: g_final [d] from task gradients ``grads`` [n, d].
 
@@ -298,10 +301,21 @@ def camegrad_step(
             the tasks holding NaN/Inf; "skip" writes a zero update and sets
             ``info.skipped`` on the device, with no host sync.
         return_info: also return a :class:`StepInfo`.
+        process_group: when given, ``grads`` is this rank's [n, d_local] column
+            shard: the Gram partials are all-reduced on the group, every rank
+            solves the same coefficients and combines its own shard
+            (:func:`camegrad_kernels.distributed.camegrad_step_sharded`).
 
     Returns:
         The update [d] in grads' dtype (``out`` when given), or (update, info).
     """
+    if process_group is not None:
+        from .distributed import camegrad_step_sharded  # distributed imports this module
+
+        return camegrad_step_sharded(
+            grads, weights, process_group=process_group, rho=rho, kappa=kappa, nu=nu, eps=eps,
+            stages=stages, out=out, backend=backend, nonfinite=nonfinite, return_info=return_info,
+        )
     grads = _check_grads(grads)
     _check_hyper(rho, kappa, nu, eps)
     mask = stage_mask(stages)

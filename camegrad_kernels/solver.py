@@ -23,8 +23,11 @@ RECTIFY, RESCALE, FUSE = 1, 2, 4
 ALL_STAGES = RECTIFY | RESCALE | FUSE
 STAGE_FLAGS = {"rectify": RECTIFY, "rescale": RESCALE, "fuse": FUSE}
 
-# Fixed work: projected-gradient iterations of the dual, then one exact face solve.
-DUAL_ITERS = 64
+# Fixed work: projected-gradient iterations of the dual, with an exact face solve
+# every POLISH_EVERY of them. 128 closes the gap to rounding on every full-rank
+# case we test; rank-deficient Grams (n > d) can need more (README, Limits).
+# Keep in step with csrc/cpu/solver.h (the CUDA solver uses it too).
+DUAL_ITERS = 128
 POLISH_EVERY = 8
 
 
@@ -77,8 +80,11 @@ def _segment_step(beta: Tensor, p: Tensor, q: Tensor, m: Tensor, s: Tensor) -> T
 
 
 def _power_lambda_max(M: Tensor, iters: int = 16) -> Tensor:
-    """An estimate of lambda_max(M) from a fixed number of power iterations."""
-    v = torch.ones(M.shape[0], dtype=M.dtype, device=M.device)
+    """An estimate of lambda_max(M) from a fixed number of power iterations.
+
+    Starts from the ramp 1, 2, ..., n: M is P M P here and P removes the ones.
+    """
+    v = torch.arange(1, M.shape[0] + 1, dtype=M.dtype, device=M.device)
     for _ in range(iters):
         v = M @ v
         v = v / v.norm().clamp_min(torch.finfo(M.dtype).tiny)

@@ -1,0 +1,266 @@
+"""CAME-Grad across ranks: a column-sharded step, and the data-parallel helpers.
+
+Columns of G shard exactly: ``M = G G^T = sum_r G_r G_r^T``. So each rank forms
+the Gram of its [n, d_local] slice, one all_reduce of n x n numbers gives every
+rank the same M, every rank runs the same deterministic solver (same bits in,
+same coefficients out) and combines only its own columns. Recipes and bytes
+per step: docs/scaling_out.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import backends
+from .api import (
+    _FLOAT_DTYPES,
+    DEFAULT_STAGES,
+    StepInfo,
+    Weights,
+    _accumulate_dtype,
+    _check_grads,
+    _check_hyper,
+    _check_out,
+    _check_weights,
+    _raise_on_nonfinite,
+    _select_backend,
+    stage_mask,
+    task_cosines,
+)
+
+ProcessGroup = Optional[dist.ProcessGroup]
+_NONFINITE = ("raise", "skip")
+# What every rank must agree on; one float64 each (exact for these values).
+_FIELDS = ("n", "dtype", "rho", "kappa", "nu", "eps", "stages", "nonfinite", "backend", "weights")
+
+
+def _check_shard(grads: object) -> Tensor:
+    """api's _check_grads, except that d_local = 0 (an empty shard) is valid."""
+    if isinstance(grads, Tensor) and grads.dim() == 2 and grads.shape[1] == 0:
+        _check_grads(grads.new_empty(grads.shape[0], 1), "grads_shard")  # every other rule
+        return grads.detach()
+    return _check_grads(grads, "grads_shard")
+
+
+def _weights_hash(w: Tensor) -> float:
+    # 48 bits: an integer that float64 holds exactly, so the descriptor compares it bit for bit.
+    digest = hashlib.blake2b(w.cpu().numpy().tobytes(), digest_size=6).digest()
+    return float(int.from_bytes(digest, "little"))
+
+
+def _show(field: str, value: float) -> str:
+    if field == "dtype":
+        return str(_FLOAT_DTYPES[int(value)])
+    if field == "backend":
+        return backends.PRIORITY[int(value)]
+    if field == "nonfinite":
+        return _NONFINITE[int(value)]
+    if field == "weights":
+        return f"hash {int(value):012x}"
+    return str(int(value)) if field in ("n", "stages") else repr(value)
+
+
+def _agree(descriptor: Optional[list[float]], device: torch.device, group: ProcessGroup) -> None:
+    """One all_gather of every rank's descriptor; ValueError on all ranks if they differ.
+
+    ``descriptor=None`` says this rank rejected its own inputs: it still takes
+    part, so that the other ranks raise instead of waiting in the next collective.
+    """
+    row = descriptor if descriptor is not None else [float("nan")] * len(_FIELDS)
+    mine = torch.tensor(row, dtype=torch.float64, device=device)
+    rows = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(rows, mine, group=group)
+    table = torch.stack(rows).cpu().tolist()
+    if descriptor is None:
+        return  # the caller re-raises its own error
+    invalid = [rank for rank, r in enumerate(table) if math.isnan(r[0])]  # a rejecting rank
+    if invalid:
+        raise ValueError(
+            f"camegrad_step_sharded: rank(s) {invalid} rejected their inputs (see their error)"
+        )
+    diffs = []
+    for i, field in enumerate(_FIELDS):
+        if any(r[i] != table[0][i] for r in table):
+            values = ", ".join(f"rank {rank}: {_show(field, r[i])}" for rank, r in enumerate(table))
+            diffs.append(f"{field} ({values})")
+    if diffs:
+        raise ValueError("camegrad_step_sharded: ranks disagree on " + "; ".join(diffs))
+
+
+def camegrad_step_sharded(
+    grads_shard: Tensor,
+    weights: Weights = None,
+    *,
+    process_group: ProcessGroup = None,
+    rho: float = 0.5,
+    kappa: float = 1.5,
+    nu: float = 0.2,
+    eps: float = 1e-8,
+    stages: Sequence[str] = DEFAULT_STAGES,
+    out: Optional[Tensor] = None,
+    backend: str = "auto",
+    nonfinite: str = "raise",
+    return_info: bool = False,
+) -> Union[Tensor, tuple[Tensor, StepInfo]]:
+    """:func:`camegrad_kernels.camegrad_step` on G split by columns across ranks.
+
+    Collective: every rank of ``process_group`` (default: the world) must call it.
+    ``grads_shard`` is this rank's contiguous [n, d_local] column slice of G
+    (shards may be uneven; d_local = 0 is allowed); the result is this rank's
+    [d_local] slice of g_final. All other arguments are camegrad_step's and must
+    be equal on all ranks (checked: one all_gather of a small descriptor, then a
+    ValueError on every rank naming what differs). ``info`` holds the global
+    Gram and the same coefficients on every rank.
+
+    Communication: that descriptor all_gather, plus one all_reduce of the
+    [n, n] Gram (fp32, fp64 for fp64 gradients).
+    """
+    device = grads_shard.device if isinstance(grads_shard, Tensor) else torch.device("cpu")
+    try:
+        grads = _check_shard(grads_shard)
+        _check_hyper(rho, kappa, nu, eps)
+        mask = stage_mask(stages)
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite: expected 'raise' or 'skip', got {nonfinite!r}")
+        out = _check_out(out, grads)
+        n, acc = grads.shape[0], _accumulate_dtype(grads.dtype)
+        w = _check_weights(weights, n, acc, device)
+        module = _select_backend(backend, device, grads.dtype)
+        descriptor = [
+            n,
+            _FLOAT_DTYPES.index(grads.dtype),
+            rho,
+            kappa,
+            nu,
+            eps,
+            mask,
+            _NONFINITE.index(nonfinite),
+            backends.PRIORITY.index(module.NAME),
+            _weights_hash(w),
+        ]
+    except (TypeError, ValueError, RuntimeError):
+        _agree(None, device, process_group)
+        raise
+    _agree([float(v) for v in descriptor], device, process_group)
+
+    # The kernels need d >= 1; an empty shard contributes an exact zero partial.
+    gram = (
+        module.gram(grads).contiguous()
+        if grads.shape[1]
+        else torch.zeros(n, n, dtype=acc, device=device)
+    )
+    dist.all_reduce(gram, group=process_group)
+    if nonfinite == "raise":
+        _raise_on_nonfinite(gram)  # the same reduced Gram everywhere: all ranks raise together
+    alpha, coeffs, gap, skipped = module.coefficients(gram, w, rho, kappa, nu, eps, mask)
+    if grads.shape[1]:
+        module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
+    if not return_info:
+        return out
+    return out, StepInfo(alpha, coeffs, gap, skipped, gram, task_cosines(gram), module.NAME)
+
+
+# --------------------------------------------------------------------------- data-parallel helpers
+
+
+def _split(d: int, world: int) -> tuple[int, ...]:
+    """Column offsets of an even split, remainder to the first ranks: rank r owns [o[r], o[r+1])."""
+    base, extra = divmod(d, world)
+    offsets = [0]
+    for rank in range(world):
+        offsets.append(offsets[-1] + base + (rank < extra))
+    return tuple(offsets)
+
+
+def average_task_grads(
+    buffer: Tensor, process_group: ProcessGroup = None, bucket_bytes: int = 25 << 20
+) -> Tensor:
+    """Average the per-task gradients ``buffer`` [n, d] over the ranks, in place.
+
+    Collective; ``buffer`` has the same shape and dtype on every rank. Run the
+    local camegrad_step on it afterwards. Returns ``buffer``.
+    """
+    flat = _check_grads(buffer, "buffer").view(-1)
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes: expected a positive int, got {bucket_bytes!r}")
+    world = dist.get_world_size(process_group)
+    if world == 1:
+        return buffer
+    flat.div_(world)  # divide before summing, as DDP does: p fp16/bf16 gradients can overflow
+    # Bounded messages (DDP's 25 MiB default) keep each collective short next to
+    # the group's timeout, and the async launches let the buckets overlap.
+    step = max(1, bucket_bytes // flat.element_size())
+    works = [
+        dist.all_reduce(flat[i : i + step], group=process_group, async_op=True)
+        for i in range(0, flat.numel(), step)
+    ]
+    for work in works:
+        work.wait()
+    return buffer
+
+
+def shard_task_grads(
+    buffer: Tensor, process_group: ProcessGroup = None
+) -> tuple[Tensor, tuple[int, ...]]:
+    """Average ``buffer`` [n, d] over the ranks and keep this rank's column shard.
+
+    Collective. Returns (shard [n, d_local] contiguous, offsets): rank r owns
+    columns offsets[r]:offsets[r + 1] (even split, the remainder spread over the
+    first ranks; d < world leaves some ranks an empty shard). ``buffer`` is not
+    modified. Feed the shard to :func:`camegrad_step_sharded`.
+    """
+    buffer = _check_grads(buffer, "buffer")
+    world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+    offsets = _split(buffer.shape[1], world)
+    lo, hi = offsets[rank], offsets[rank + 1]
+    if buffer.device.type == "cpu":
+        # CPU backends lack reduce_scatter (MPI; gloo before torch 2.8) or run it as one
+        # all_reduce per rank (gloo, pytorch/pytorch#149869: ~2.5x slower than one
+        # all_reduce of the whole buffer here), so all_reduce a copy and slice it.
+        full = average_task_grads(buffer.clone(), process_group)
+        return full[:, lo:hi].contiguous(), offsets
+    return _reduce_scatter_columns(buffer, offsets, rank, process_group), offsets
+
+
+def _reduce_scatter_columns(
+    buffer: Tensor, offsets: tuple[int, ...], rank: int, group: ProcessGroup
+) -> Tensor:
+    # Column slices are strided: pack each rank's slice, divided before the sum as
+    # average_task_grads does. (NCCL runs an uneven list as one coalesced group of p reduces.)
+    world = len(offsets) - 1
+    parts = [buffer[:, a:b].div(world) for a, b in zip(offsets, offsets[1:])]
+    shard = buffer.new_empty(buffer.shape[0], offsets[rank + 1] - offsets[rank])
+    dist.reduce_scatter(shard, parts, group=group)
+    return shard
+
+
+def gather_update(update_shard: Tensor, d: int, process_group: ProcessGroup = None) -> Tensor:
+    """All ranks' [d_local] update shards (split as by :func:`shard_task_grads`) -> the full [d].
+
+    Collective; for when the optimizer holds full parameters on every rank.
+    """
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d: expected a positive int, got {d!r}")
+    world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+    offsets = _split(d, world)
+    size = offsets[rank + 1] - offsets[rank]
+    if not isinstance(update_shard, Tensor):
+        raise TypeError(f"update_shard: expected a torch.Tensor, got {type(update_shard).__name__}")
+    if update_shard.shape != (size,):
+        raise ValueError(
+            f"update_shard: expected shape ({size},) (rank {rank}'s share of d = {d}), "
+            f"got {tuple(update_shard.shape)}"
+        )
+    # all_gather wants equal sizes: pad to the largest shard (rank 0's).
+    chunk = offsets[1]
+    padded = update_shard.new_zeros(chunk)
+    padded[:size] = update_shard
+    gathered = update_shard.new_empty(world, chunk)
+    dist.all_gather(list(gathered.unbind(0)), padded, group=process_group)
+    return torch.cat([gathered[r, : offsets[r + 1] - offsets[r]] for r in range(world)])

@@ -1,0 +1,429 @@
+"""Training integration: per-task backwards into one buffer, a CAME-Grad step, any optimizer.
+
+    cg = CAMEGrad(model.encoder.parameters(), weights=[1.0, 0.5])
+    for batch in loader:
+        opt.zero_grad(set_to_none=True)
+        losses = model.task_losses(batch)        # n scalar losses, one graph
+        info = cg.backward(losses)               # shared .grad = CAME-Grad update
+        opt.step()                               # SGD, AdamW, param groups, schedulers...
+
+How :meth:`CAMEGrad.backward` fills gradients (the contract):
+
+* Shared parameters (``shared_params``, frozen ones dropped): ONE contiguous
+  ``[n, d]`` buffer is allocated at the first call (n tasks, d = their total
+  numel, fixed afterwards). Before task i's backward every shared ``p.grad`` is
+  pointed at its view of row i, which was zeroed, so autograd accumulates
+  ``dL_i/dp`` straight into the row (no flatten copy; a task that does not
+  reach a parameter leaves zeros there). Then ``camegrad_step`` writes the
+  update into a preallocated ``[d]`` buffer (``out=``) and each shared ``p.grad``
+  is left pointing at its view of it. Whatever the shared ``.grad`` held before
+  the call is discarded (gradient accumulation over micro-batches is not
+  supported for shared parameters). Both buffers keep their storage across
+  steps; ``zero_grad(set_to_none=True)`` between steps is fine.
+* Every other leaf reached by the losses ("non-shared": task heads, decoder...)
+  gets ``sum_i w_i * dL_i/dp`` from the SAME per-task backwards, ACCUMULATED
+  into its existing ``.grad`` like a normal ``backward()`` (so zero it between
+  steps as usual). The weighting: when some w_i != 1, the autograd graph of
+  the losses is walked once per call to find its leaves, and a tensor hook that
+  multiplies the incoming gradient by the current task's w_i is put on each
+  non-shared leaf for the duration of the call (removed before returning, so
+  other backward passes are unaffected). The shared rows are never scaled:
+  they hold the raw g_i, exactly, even for w_i = 0. With all weights 1 (the
+  default) no walk and no hook happen.
+* ``retain_graph=True`` for every task but the last, so the losses may share
+  one forward graph; it is freed after the last task.
+
+Mixed precision:
+
+* Shared parameters must share one dtype (fp16/bf16/fp32/fp64); the buffers
+  and the update have that dtype (bf16/fp16 Gram and solve accumulate in fp32).
+* ``torch.autocast`` needs nothing special: the gradients land in the
+  parameters' dtype.
+* ``torch.amp.GradScaler``: pass ``[scaler.scale(l) for l in losses]``.
+  CAME-Grad is positively 1-homogeneous in G: scaling every g_i by S leaves
+  alpha and the coefficients c unchanged and scales the update c^T G by S (up to the eps of Stage 2, which
+  is then relatively S times smaller), so after ``scaler.unscale_``/
+  ``scaler.step`` the optimizer sees the unscaled update, exactly like with a
+  plain backward. Use ``nonfinite="propagate"`` with a scaler: an overflowed
+  task gradient then makes the update NaN (no host sync), ``scaler.step`` skips
+  the step and ``scaler.update`` lowers the scale. ("skip" would write a zero,
+  finite update, which a scaler cannot see; "raise" raises ValueError.) As
+  always with GradScaler, the parameters themselves must be fp32.
+
+Host syncs: none, except ``nonfinite="raise"`` (one n x n read, the default)
+and non-uniform weights, which ``camegrad_step`` copies to the device (n
+numbers) on every call. After an error inside :meth:`CAMEGrad.backward` the
+shared ``.grad`` is the zeroed update buffer (never a task row, never a stale
+update).
+
+Timing mode (``timing=True``): the device is synchronised between phases and
+``self.timings`` holds the last call's seconds for "backward" (all per-task
+backwards), "gram", "solve" and "combine"; the step then runs as the three
+public ops ``gram`` / ``camegrad_coefficients`` / ``combine`` (same maths and
+backend as ``camegrad_step``). Off by default: it syncs the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from . import api
+from .api import DEFAULT_STAGES, StepInfo
+
+__all__ = ["CAMEGrad", "TrainStepInfo"]
+
+_NONFINITE = ("raise", "skip", "propagate")
+
+
+@dataclass
+class TrainStepInfo(StepInfo):
+    """:class:`~camegrad_kernels.api.StepInfo` plus training diagnostics (device tensors).
+
+    task_norms [n]: ||g_i|| = sqrt(diag gram). negative_ratio []: fraction of the
+    task pairs i < j whose gradient cosine is < 0 (paper Fig. 3; NaN for n = 1).
+    losses [n]: the detached loss values.
+    """
+
+    task_norms: Tensor = None  # type: ignore[assignment]
+    negative_ratio: Tensor = None  # type: ignore[assignment]
+    losses: Tensor = None  # type: ignore[assignment]
+
+
+def _shared_list(shared_params: object) -> list[Tensor]:
+    if isinstance(shared_params, nn.Module):
+        shared_params = shared_params.parameters()
+    if isinstance(shared_params, Tensor):
+        shared_params = [shared_params]
+    try:
+        items = list(shared_params)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "shared_params: expected an iterable of tensors (e.g. model.encoder.parameters()), "
+            f"got {type(shared_params).__name__}"
+        ) from None
+    params: list[Tensor] = []
+    seen: set[int] = set()
+    for k, p in enumerate(items):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"shared_params[{k}]: expected a torch.Tensor, got {type(p).__name__}")
+        if not p.requires_grad or id(p) in seen:  # frozen parameters are ignored
+            continue
+        if not p.is_leaf:
+            raise ValueError(
+                f"shared_params[{k}]: expected a leaf tensor (a parameter), got a non-leaf"
+            )
+        if p.is_sparse or p.layout != torch.strided:
+            raise TypeError(
+                f"shared_params[{k}]: expected a dense (strided) tensor, got {p.layout}"
+            )
+        seen.add(id(p))
+        params.append(p)
+    if not params:
+        raise ValueError(
+            "shared_params: expected at least one parameter with requires_grad=True, got none"
+        )
+    dtypes = sorted({str(p.dtype) for p in params})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"shared_params: expected one dtype for all shared parameters, got {dtypes}; "
+            "cast them to one dtype (use torch.autocast for mixed-precision compute)"
+        )
+    if params[0].dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(
+            f"shared_params: expected a float16/bfloat16/float32/float64 dtype, got {params[0].dtype}"
+        )
+    devices = sorted({str(p.device) for p in params})
+    if len(devices) > 1:
+        raise ValueError(
+            f"shared_params: expected all shared parameters on one device, got {devices}"
+        )
+    return params
+
+
+def _graph_leaves(roots: Sequence[Tensor]) -> list[Tensor]:
+    """The leaf tensors (AccumulateGrad nodes) reachable from the roots' graphs."""
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    seen: set[int] = set()
+    keep = []  # hold the node wrappers so that their ids stay unique during the walk
+    leaves = []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return leaves
+
+
+class CAMEGrad:
+    """CAME-Grad for a model whose tasks share ``shared_params``; see the module doc.
+
+    Args:
+        shared_params: iterable of the shared parameters (or an ``nn.Module``);
+            frozen ones are ignored; one dtype and one device.
+        weights: n task weights (>= 0, positive sum); default all ones.
+        rho, kappa, nu, eps, stages, backend: as :func:`camegrad_kernels.camegrad_step`
+            (``stages=()`` is linear scalarization: update = sum_i w_i g_i).
+        nonfinite: "raise" (ValueError naming the tasks; one n x n host read),
+            "skip" (zero update, ``info.skipped`` set) or "propagate" (NaN update,
+            ``info.skipped`` set: for GradScaler). The last two do not sync.
+        timing: synchronise and time the phases into ``self.timings``.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor] | nn.Module,
+        weights: api.Weights = None,
+        *,
+        rho: float = 0.5,
+        kappa: float = 1.5,
+        nu: float = 0.2,
+        eps: float = 1e-8,
+        stages: Sequence[str] = DEFAULT_STAGES,
+        backend: str = "auto",
+        nonfinite: str = "raise",
+        timing: bool = False,
+    ) -> None:
+        self.params = _shared_list(shared_params)
+        api._check_hyper(rho, kappa, nu, eps)
+        api.stage_mask(stages)
+        if not isinstance(backend, str) or backend not in api._BACKEND_NAMES:
+            raise ValueError(f"backend: expected one of {api._BACKEND_NAMES}, got {backend!r}")
+        if nonfinite not in _NONFINITE:
+            raise ValueError(f"nonfinite: expected one of {_NONFINITE}, got {nonfinite!r}")
+        self.rho, self.kappa, self.nu, self.eps = rho, kappa, nu, eps
+        self.stages = tuple(stages)
+        self.backend = backend
+        self.nonfinite = nonfinite
+        self.timing = bool(timing)
+        self.timings: dict[str, float] = {}
+
+        self.weights: list[float] | None = None
+        if weights is not None:
+            if isinstance(weights, Tensor) and weights.dim() != 1:
+                raise ValueError(
+                    f"weights: expected a 1-D tensor of n weights, got shape {tuple(weights.shape)}"
+                )
+            try:
+                count = len(weights)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    f"weights: expected a sequence of numbers, got {type(weights).__name__}"
+                ) from None
+            if count < 1:
+                raise ValueError("weights: expected at least one task weight, got none")
+            host = api._check_weights(weights, count, torch.float64, torch.device("cpu"))
+            self.weights = host.tolist()
+        # All-ones weights are passed as None: camegrad_step then copies nothing to the device.
+        uniform = self.weights is None or all(w == 1.0 for w in self.weights)
+        self._weights_host = None if uniform else torch.tensor(self.weights, dtype=torch.float64)
+        self._needs_hooks = self.weights is not None and any(w != 1.0 for w in self.weights)
+
+        first = self.params[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.numel = sum(p.numel() for p in self.params)
+        self._shared_ids = {id(p) for p in self.params}
+        self.n: int | None = None
+        self.grads: Tensor | None = None  # [n, d] task gradients of the last call
+        self.update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)  # [d]
+        self._update_views = self._views(self.update)
+        self._row_views: list[list[Tensor]] = []
+        self._pairs: Tensor | None = None
+        self._scale = 1.0  # w_i of the task being backwarded (read by the hooks)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _views(self, flat: Tensor) -> list[Tensor]:
+        views, offset = [], 0
+        for p in self.params:
+            views.append(flat[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+        return views
+
+    def _allocate(self, n: int) -> None:
+        self.n = n
+        self.grads = torch.zeros(n, self.numel, dtype=self.dtype, device=self.device)
+        self._row_views = [self._views(self.grads[i]) for i in range(n)]
+        self._pairs = torch.triu_indices(n, n, offset=1, device=self.device)
+
+    def _check_losses(self, losses: object) -> list[Tensor]:
+        if isinstance(losses, Tensor):
+            if losses.dim() != 1:
+                raise TypeError(
+                    "losses: expected a sequence of n scalar losses (or a 1-D tensor of them), "
+                    f"got a tensor of shape {tuple(losses.shape)}"
+                )
+            losses = list(losses.unbind(0))
+        try:
+            items = list(losses)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"losses: expected a sequence of scalar tensors, got {type(losses).__name__}"
+            ) from None
+        if not items:
+            raise ValueError("losses: expected at least one loss, got an empty sequence")
+        for i, loss in enumerate(items):
+            if not isinstance(loss, Tensor):
+                raise TypeError(
+                    f"losses[{i}]: expected a scalar torch.Tensor, got {type(loss).__name__}"
+                )
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"losses[{i}]: expected a scalar loss, got shape {tuple(loss.shape)}"
+                )
+            if not loss.is_floating_point():
+                raise TypeError(f"losses[{i}]: expected a floating-point loss, got {loss.dtype}")
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"losses[{i}]: has no autograd graph (requires_grad=False), so it reaches no "
+                    "shared parameter; was it computed under torch.no_grad() or detached?"
+                )
+        n = len(items)
+        if self.weights is not None and n != len(self.weights):
+            raise ValueError(
+                f"losses: expected {len(self.weights)} losses (one per weight), got {n}"
+            )
+        if self.n is not None and n != self.n:
+            raise ValueError(
+                f"losses: expected {self.n} losses (the number fixed at the first call), got {n}"
+            )
+        return items
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "xpu":
+            torch.xpu.synchronize(self.device)
+
+    def _hook(self, grad: Tensor) -> Tensor | None:
+        return None if self._scale == 1.0 else grad * self._scale
+
+    # ------------------------------------------------------------------ the step
+
+    def backward(self, losses: Sequence[Tensor]) -> TrainStepInfo:
+        """Per-task backwards, then the CAME-Grad update into the shared ``.grad``.
+
+        Returns a :class:`TrainStepInfo` of device tensors (reading them syncs).
+        """
+        items = self._check_losses(losses)
+        n = len(items)
+        if self.n is None:
+            self._allocate(n)
+        assert self.grads is not None and self._pairs is not None
+        t0 = None
+        if self.timing:
+            self._sync()
+            t0 = time.perf_counter()
+
+        handles = []
+        if self._needs_hooks:
+            for leaf in _graph_leaves(items):
+                if id(leaf) not in self._shared_ids:
+                    handles.append(leaf.register_hook(self._hook))
+        try:
+            self.grads.zero_()
+            for i, loss in enumerate(items):
+                for p, view in zip(self.params, self._row_views[i]):
+                    p.grad = view
+                self._scale = 1.0 if self.weights is None else self.weights[i]
+                loss.backward(retain_graph=i < n - 1)
+        except BaseException:
+            self.update.zero_()
+            raise
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._scale = 1.0
+            # Never leave .grad aliasing a task row (e.g. after an error mid-way).
+            for p, view in zip(self.params, self._update_views):
+                p.grad = view
+
+        step_nonfinite = "skip" if self.nonfinite == "propagate" else self.nonfinite
+        try:
+            info = self._step(step_nonfinite, t0)
+        except Exception:
+            self.update.zero_()  # the shared .grad must not keep the previous step's update
+            raise
+        if self.nonfinite == "propagate":
+            self.update.masked_fill_(info.skipped, math.nan)
+
+        gram = info.gram
+        pairs = info.cosines[self._pairs[0], self._pairs[1]]
+        values = {f.name: getattr(info, f.name) for f in fields(StepInfo)}
+        return TrainStepInfo(
+            **values,
+            task_norms=torch.sqrt(torch.diagonal(gram).clamp_min(0.0)),
+            negative_ratio=(pairs < 0).to(gram.dtype).mean(),
+            losses=torch.stack(
+                [loss.detach().reshape(()).to(gram.device, gram.dtype) for loss in items]
+            ),
+        )
+
+    def _step(self, nonfinite: str, t0: float | None) -> StepInfo:
+        assert self.grads is not None
+        if t0 is not None:
+            return self._timed_step(nonfinite, t0)
+        _, info = api.camegrad_step(
+            self.grads,
+            self._weights_host,
+            rho=self.rho,
+            kappa=self.kappa,
+            nu=self.nu,
+            eps=self.eps,
+            stages=self.stages,
+            out=self.update,
+            backend=self.backend,
+            nonfinite=nonfinite,
+            return_info=True,
+        )
+        return info
+
+    def _timed_step(self, nonfinite: str, t0: float) -> StepInfo:
+        assert self.grads is not None
+        self._sync()
+        t1 = time.perf_counter()
+        gram = api.gram(self.grads, backend=self.backend)
+        if nonfinite == "raise":
+            api._raise_on_nonfinite(gram)
+        self._sync()
+        t2 = time.perf_counter()
+        co = api.camegrad_coefficients(
+            gram,
+            self._weights_host,
+            rho=self.rho,
+            kappa=self.kappa,
+            nu=self.nu,
+            eps=self.eps,
+            stages=self.stages,
+            backend=self.backend,
+        )
+        self._sync()
+        t3 = time.perf_counter()
+        api.combine(self.grads, co.coeffs, out=self.update, backend=self.backend)
+        if nonfinite == "skip":
+            self.update.masked_fill_(co.skipped, 0.0)
+        self._sync()
+        t4 = time.perf_counter()
+        self.timings = {"backward": t1 - t0, "gram": t2 - t1, "solve": t3 - t2, "combine": t4 - t3}
+        name = api._select_backend(self.backend, self.device, self.dtype).NAME
+        return StepInfo(
+            co.alpha, co.coeffs, co.duality_gap, co.skipped, gram, api.task_cosines(gram), name
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CAMEGrad(params={len(self.params)}, d={self.numel}, dtype={self.dtype}, "
+            f"device={self.device}, n={self.n}, weights={self.weights}, rho={self.rho}, "
+            f"kappa={self.kappa}, nu={self.nu}, eps={self.eps}, stages={self.stages}, "
+            f"backend={self.backend!r}, nonfinite={self.nonfinite!r})"
+        )

@@ -1,0 +1,116 @@
+"""Pass 1: the Gram matrix M = G G^T, a deterministic two-kernel blocked reduction.
+
+Each program of the first kernel reduces one fixed slice of the d columns into an
+n x n partial held in registers; the second kernel sums the partials in a fixed
+order. No atomics, and the split into slices depends only on d (never on the
+GPU) and the tile width only on n, so the same input gives the same bits on
+every run; the autotuner only picks warps and pipeline stages.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# The register tiles are [NPAD, NPAD] and [NPAD, BLOCK_D]: beyond this n the
+# kernel would spill, and the torch fallback is the better choice.
+MAX_N = 128
+# Columns per program are a multiple of GRAIN, so every BLOCK_D divides them.
+GRAIN = 512
+MAX_PROGRAMS = 1024
+REDUCE_BLOCK_P, REDUCE_BLOCK_E = 16, 256
+
+
+def split(d: int) -> tuple[int, int]:
+    """(programs, columns per program): at least 2 grains each, at most MAX_PROGRAMS."""
+    chunk = max(triton.cdiv(triton.cdiv(d, MAX_PROGRAMS), GRAIN), 2) * GRAIN
+    return max(triton.cdiv(d, chunk), 1), chunk
+
+
+def block_d(npad: int) -> int:
+    """Columns per tile: fixed per NPAD (not tuned) so that the summation order,
+    hence the bits, never depends on what the autotuner picked in this process."""
+    if triton.knobs.runtime.interpret:
+        return GRAIN  # fewest interpreted steps
+    return max(32, 8192 // npad)  # an [NPAD, BLOCK_D] tile of 8K elements
+
+
+# Autotuning under the interpreter only burns time: one config there.
+_CONFIGS = [triton.Config({})]
+if not triton.knobs.runtime.interpret:
+    _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
+
+
+@triton.autotune(configs=_CONFIGS, key=["NPAD"])
+@triton.jit
+def _gram_partial_kernel(
+    g_ptr, ws_ptr, n, d, chunk, NPAD: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr
+):
+    pid = tl.program_id(0)
+    rows = tl.arange(0, NPAD)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n
+    # int64: n * d passes 2^31 for the large models this is meant for.
+    row_off = rows.to(tl.int64)[:, None] * d
+    start = pid.to(tl.int64) * chunk
+    acc = tl.zeros([NPAD, NPAD], dtype=ws_ptr.dtype.element_ty)
+    for k in range(0, chunk, BLOCK_D):
+        c = start + k + cols
+        x = tl.load(
+            g_ptr + row_off + c[None, :], mask=row_ok[:, None] & (c[None, :] < d), other=0.0
+        )
+        if UPCAST:
+            x = x.to(tl.float32)
+        # fp16/bf16 products are exact in the fp32 accumulator; "ieee" keeps fp32
+        # off TF32, and fp64 goes through the same dot with an fp64 accumulator.
+        acc = tl.dot(x, tl.trans(x), acc, input_precision="ieee")
+    ij = rows[:, None] * n + rows[None, :]
+    tl.store(ws_ptr + pid * n * n + ij, acc, mask=row_ok[:, None] & row_ok[None, :])
+
+
+@triton.jit
+def _gram_reduce_kernel(ws_ptr, m_ptr, n, programs, BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr):
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = e < n * n
+    i, j = e // n, e % n
+    # Read the lower triangle for both (i, j) and (j, i): M comes out exactly symmetric.
+    src = tl.maximum(i, j) * n + tl.minimum(i, j)
+    acc = tl.zeros([BLOCK_E], dtype=m_ptr.dtype.element_ty)
+    for p0 in range(0, programs, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        part = tl.load(
+            ws_ptr + p[:, None] * n * n + src[None, :],
+            mask=(p[:, None] < programs) & ok[None, :],
+            other=0.0,
+        )
+        acc += tl.sum(part, axis=0)
+    tl.store(m_ptr + e, acc, mask=ok)
+
+
+def gram(grads: Tensor) -> Tensor:
+    """grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n] fp32 (fp64 for fp64)."""
+    n, d = grads.shape
+    acc = torch.float64 if grads.dtype == torch.float64 else torch.float32
+    if n > MAX_N:
+        g = grads.to(acc)
+        return g @ g.T
+    programs, chunk = split(d)
+    npad = max(16, triton.next_power_of_2(n))
+    ws = torch.empty((programs, n, n), dtype=acc, device=grads.device)
+    _gram_partial_kernel[(programs,)](
+        grads,
+        ws,
+        n,
+        d,
+        chunk,
+        NPAD=npad,
+        BLOCK_D=block_d(npad),
+        # The interpreter's dot reads bf16 as raw integers; fp32 is exact for bf16.
+        UPCAST=bool(triton.knobs.runtime.interpret and grads.dtype == torch.bfloat16),
+    )
+    M = torch.empty((n, n), dtype=acc, device=grads.device)
+    grid = (triton.cdiv(n * n, REDUCE_BLOCK_E),)
+    _gram_reduce_kernel[grid](ws, M, n, programs, BLOCK_P=REDUCE_BLOCK_P, BLOCK_E=REDUCE_BLOCK_E)
+    return M

@@ -1,0 +1,337 @@
+"""The solve: CAME-Grad coefficients from the Gram matrix in ONE Triton program.
+
+A step-for-step port of solver.camegrad_coefficients (read that first): M sits in
+registers as an [NPAD, NPAD] float64 tile (solver.work_dtype), entries past n are
+zero and every vector keeps zeros there. Fixed work, no host sync: the launch
+shape depends on n only. Two implementation choices differ from the torch code
+but compute the same quantities: the simplex projection counts, for each entry,
+the entries not below it (O(n^2), no sort), and the face solve is Gauss-Jordan
+elimination with partial pivoting (the pivots LU would pick), an exactly zero
+pivot marking the face invalid as a failed ``solve_ex`` does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .. import solver
+from .gram import MAX_N
+
+# Globals read inside kernels must be constexpr. The work dtype is float64.
+POWER_ITERS = tl.constexpr(16)  # solver._power_lambda_max's default
+TINY = tl.constexpr(torch.finfo(torch.float64).tiny)
+EPS = tl.constexpr(torch.finfo(torch.float64).eps)
+R_TOL_WORK = tl.constexpr(solver.relative_tolerance(torch.float64))
+INF = tl.constexpr(math.inf)
+NAN = tl.constexpr(math.nan)
+
+# NB: tl.sqrt on float64 is the correctly rounded sqrt (only fp32 has a fast one).
+# Clamps keep NaN (as torch.clamp does): a NaN total must still fail a face solve.
+KEEP_NAN = tl.constexpr(tl.PropagateNan.ALL)
+# Small helpers are written inline (tl.sum(a * b, axis=0) is a dot, tl.sum(M *
+# v[None, :], axis=1) is M @ v): every jit call costs the interpreter ~1 ms.
+
+
+@triton.jit
+def _norm_of(M, a):
+    """sqrt(a^T M a), clamped at 0 under the root as in solver.py."""
+    return tl.sqrt(tl.maximum(tl.sum(a * tl.sum(M * a[None, :], axis=1), axis=0), 0.0, KEEP_NAN))
+
+
+@triton.jit
+def _project_simplex(v, valid):
+    """Euclidean projection onto the unit simplex, sort free.
+
+    With c_j = #{i : v_i >= v_j} and S_j their sum, entry j is in the support iff
+    v_j - (S_j - 1) / c_j > 0 (the sorted-prefix test of solver.project_simplex at
+    rank c_j; ties pass or fail together), the support size is the largest such
+    c_j and theta is that entry's (S_j - 1) / c_j.
+    """
+    ge = (v[:, None] >= v[None, :]) & valid[:, None]
+    S = tl.sum(tl.where(ge, v[:, None], 0.0), axis=0)
+    c = tl.sum(ge.to(tl.float64), axis=0)
+    theta_j = (S - 1.0) / tl.maximum(c, 1.0)  # padded entries may count nothing
+    in_support = (v - theta_j > 0) & valid
+    count = tl.max(tl.where(in_support, c, 0.0), axis=0)
+    # Tied entries share S_j bit for bit, so the max picks one value.
+    theta = tl.max(tl.where(in_support & (c == count), theta_j, -INF), axis=0)
+    return tl.where(valid, tl.maximum(v - theta, 0.0, KEEP_NAN), 0.0)
+
+
+@triton.jit
+def _phi(t, beta, p, q, m, s):
+    return beta * t + s * tl.sqrt(tl.maximum(p + 2.0 * q * t + m * t * t, 0.0, KEEP_NAN))
+
+
+@triton.jit
+def _segment_step(beta, p, q, m, s):
+    """solver._segment_step: argmin over t in [0, 1] of beta t + s sqrt(p + 2 q t + m t^2)."""
+    denom = s * s * m - beta * beta
+    delta = tl.maximum(p * m - q * q, 0.0, KEEP_NAN)
+    y = -beta * tl.sqrt(delta / tl.maximum(denom, TINY, KEEP_NAN))
+    t_star = tl.where((denom > 0) & (m > 0), (y - q) / tl.maximum(m, TINY, KEEP_NAN), 1.0)
+    t_star = tl.clamp(t_star, 0.0, 1.0, KEEP_NAN)
+    t_best = tl.zeros_like(m)
+    phi_best = _phi(t_best, beta, p, q, m, s)
+    val = _phi(t_star, beta, p, q, m, s)
+    better = val < phi_best
+    t_best = tl.where(better, t_star, t_best)
+    phi_best = tl.where(better, val, phi_best)
+    one = tl.full((), 1.0, tl.float64)
+    better = _phi(one, beta, p, q, m, s) < phi_best
+    return tl.where(better, one, t_best)
+
+
+@triton.jit
+def _power_lambda_max(A, valid, ITERS: tl.constexpr):
+    """solver._power_lambda_max: fixed power iterations from the ramp 1..n."""
+    v = tl.cumsum(valid.to(tl.float64), axis=0) * valid.to(tl.float64)
+    for _ in range(ITERS):
+        v = tl.sum(A * v[None, :], axis=1)
+        v = v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=0)), TINY, KEEP_NAN)
+    return tl.maximum(tl.sum(v * tl.sum(A * v[None, :], axis=1), axis=0), TINY, KEEP_NAN)
+
+
+@triton.jit
+def _face_solve(M, b, s, support, valid, rows, cols, n, nf):
+    """solver._face_solve: the exact dual optimum on the face ``support``.
+
+    The augmented system [Ms | S, b S] is reduced by Gauss-Jordan with partial
+    pivoting; column k is zeroed explicitly off its pivot row and the pivot row is
+    normalised, so the matrix ends as an exact permutation P and x = P^T rhs.
+    """
+    S = tl.where(support & valid, 1.0, 0.0).to(tl.float64)
+    eye = rows[:, None] == cols[None, :]
+    ridge = 8.0 * nf * EPS
+    A = (
+        M * S[:, None] * S[None, :]
+        + tl.where(eye, 1.0 - S[None, :], 0.0)
+        + tl.where(eye, ridge * S[None, :], 0.0)
+    )
+    x1 = S
+    x2 = b * S
+    free = valid
+    singular = tl.full((), False, tl.int1)
+    for k in range(n):
+        col = tl.sum(tl.where(cols[None, :] == k, A, 0.0), axis=1)
+        p = tl.argmax(tl.where(free, tl.abs(col), -1.0), axis=0)
+        at_p = rows == p
+        piv = tl.sum(tl.where(at_p, col, 0.0), axis=0)
+        singular = singular | (piv == 0.0)
+        piv = tl.where(piv == 0.0, 1.0, piv)
+        prow = tl.sum(tl.where(at_p[:, None], A, 0.0), axis=0) / piv
+        x1p = tl.sum(tl.where(at_p, x1, 0.0), axis=0) / piv
+        x2p = tl.sum(tl.where(at_p, x2, 0.0), axis=0) / piv
+        f = tl.where(at_p, 0.0, col)
+        A = tl.where(at_p[:, None], prow[None, :], A - f[:, None] * prow[None, :])
+        A = tl.where((cols[None, :] == k) & ~at_p[:, None], 0.0, A)
+        x1 = tl.where(at_p, x1p, x1 - f * x1p)
+        x2 = tl.where(at_p, x2p, x2 - f * x2p)
+        free = free & ~at_p
+    p_vec = tl.sum(A * x1[:, None], axis=0) * S
+    q_vec = tl.sum(A * x2[:, None], axis=0) * S
+    A_ = tl.sum(S * p_vec, axis=0)
+    B = tl.sum(S * q_vec, axis=0)
+    C = tl.sum(b * S * q_vec, axis=0)
+    D = B * B - A_ * (C - s * s)
+    sqrt_d = tl.sqrt(tl.maximum(D, TINY, KEEP_NAN))
+    lam = (B + sqrt_d) / tl.maximum(A_, TINY, KEEP_NAN)
+    alpha = tl.maximum((lam * p_vec - q_vec) / sqrt_d, 0.0, KEEP_NAN)
+    total = tl.sum(alpha, axis=0)
+    # |x| < inf is false for NaN too: this is isfinite.
+    ok = (D > 0) & (A_ > 0) & (total > 0) & (tl.abs(total) < INF) & ~singular
+    fallback = S / tl.maximum(tl.sum(S, axis=0), 1.0)
+    return tl.where(ok, alpha / tl.maximum(total, TINY, KEEP_NAN), fallback)
+
+
+@triton.jit
+def _diag_max(M, valid, rows, cols):
+    diag = tl.sum(tl.where(rows[:, None] == cols[None, :], M, 0.0), axis=1)
+    return tl.max(tl.where(valid, diag, -INF), axis=0)
+
+
+@triton.jit
+def _duality_gap(M, b, s, alpha, valid, diag_max, nf, R_TOL: tl.constexpr):
+    """solver.duality_gap, normalised by ||mu|| max_i ||g_i||."""
+    Ma = tl.sum(M * alpha[None, :], axis=1)
+    r = tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN))
+    max_norm = tl.sqrt(tl.maximum(diag_max, 0.0, KEEP_NAN))
+    k = tl.where(r > R_TOL * max_norm, s / tl.maximum(r, TINY, KEEP_NAN), 0.0)
+    primal = tl.min(tl.where(valid, b + k * Ma, INF), axis=0)
+    dual = tl.sum(alpha * b, axis=0) + s * r
+    mu_norm = tl.sqrt(tl.maximum(tl.sum(b, axis=0) / nf, 0.0, KEEP_NAN))
+    return (dual - primal) / tl.maximum(mu_norm * max_norm, TINY, KEEP_NAN)
+
+
+@triton.jit
+def _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid):
+    """One projected-gradient step of solver.solve_dual's loop (after any polish)."""
+    z = _project_simplex(alpha - eta * grad, valid)
+    d = z - alpha
+    Md = tl.sum(Mh * d[None, :], axis=1)
+    t = _segment_step(
+        tl.sum(d * bh, axis=0), r * r, tl.sum(Ma * d, axis=0), tl.sum(d * Md, axis=0), sh
+    )
+    alpha = alpha + t * d
+    Ma = tl.sum(Mh * alpha[None, :], axis=1)
+    r = tl.maximum(tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN)), TINY, KEEP_NAN)
+    grad_new = bh + sh * Ma / r
+    step = t * d
+    curv = tl.sum(step * (grad_new - grad), axis=0)
+    eta = tl.where(curv > TINY, tl.sum(step * step, axis=0) / tl.maximum(curv, TINY, KEEP_NAN), eta)
+    return z, alpha, Ma, r, grad_new, tl.clamp(eta, 1e-10, 1e10, KEEP_NAN)
+
+
+@triton.jit
+def _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: tl.constexpr):
+    """solver.solve_dual."""
+    scale = tl.maximum(_diag_max(M, valid, rows, cols), TINY, KEEP_NAN)
+    Mh = M / scale
+    bh = b / scale
+    sh = s / tl.sqrt(scale)
+    # P Mh P with P = I - 1/n: Mh P takes each row's mean off, P (Mh P) each column's.
+    inv_n = 1.0 / nf
+    both = valid[:, None] & valid[None, :]
+    MP = tl.where(both, Mh - tl.sum(Mh, axis=1)[:, None] * inv_n, 0.0)
+    PMP = tl.where(both, MP - tl.sum(MP, axis=0)[None, :] * inv_n, 0.0)
+    lam = _power_lambda_max(PMP, valid, POWER_ITERS)
+    alpha = tl.where(valid, inv_n, 0.0)
+    Ma = tl.sum(Mh * alpha[None, :], axis=1)
+    r = tl.maximum(tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN)), TINY, KEEP_NAN)
+    grad = bh + sh * Ma / r
+    eta = r / (sh * lam + 1e-6 * r)
+    z = alpha
+    # The torch loop polishes at it % POLISH == POLISH - 1, before that step.
+    tl.static_assert(ITERS % POLISH == 0)
+    for _block in range(ITERS // POLISH):
+        for _it in range(POLISH - 1):
+            z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid)
+        face = _face_solve(Mh, bh, sh, z > 0, valid, rows, cols, n, nf)
+        f_face = tl.sum(face * bh, axis=0) + sh * _norm_of(Mh, face)
+        f_alpha = tl.sum(alpha * bh, axis=0) + sh * _norm_of(Mh, alpha)
+        alpha = tl.where(f_face < f_alpha, face, alpha)
+        Ma = tl.sum(Mh * alpha[None, :], axis=1)
+        r = tl.maximum(
+            tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN)), TINY, KEEP_NAN
+        )
+        grad = bh + sh * Ma / r
+        z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid)
+    polished = _face_solve(Mh, bh, sh, z > 0, valid, rows, cols, n, nf)
+    mh_diag_max = _diag_max(Mh, valid, rows, cols)
+    gap_p = _duality_gap(Mh, bh, sh, polished, valid, mh_diag_max, nf, R_TOL_WORK)
+    gap_a = _duality_gap(Mh, bh, sh, alpha, valid, mh_diag_max, nf, R_TOL_WORK)
+    return tl.where(gap_p < gap_a, polished, alpha)
+
+
+@triton.jit(do_not_specialize=["n"])
+def _coefficients_kernel(
+    m_ptr,
+    w_ptr,
+    alpha_ptr,
+    coeffs_ptr,
+    gap_ptr,
+    skipped_ptr,
+    n,
+    rho: tl.float64,
+    kappa: tl.float64,
+    nu: tl.float64,
+    eps: tl.float64,
+    NPAD: tl.constexpr,
+    RECTIFY: tl.constexpr,
+    RESCALE: tl.constexpr,
+    FUSE: tl.constexpr,
+    R_TOL_OUT: tl.constexpr,
+    ITERS: tl.constexpr,
+    POLISH: tl.constexpr,
+):
+    """solver.camegrad_coefficients."""
+    rows = tl.arange(0, NPAD)
+    cols = rows
+    valid = rows < n
+    both = valid[:, None] & valid[None, :]
+    nf = n.to(tl.float64)
+    M = tl.load(m_ptr + rows[:, None] * n + cols[None, :], mask=both, other=0.0).to(tl.float64)
+    w = tl.load(w_ptr + rows, mask=valid, other=0.0).to(tl.float64)
+    non_finite = both & ~(tl.abs(M) < INF)  # NaN fails the test too
+    skipped = tl.sum(tl.sum(non_finite.to(tl.int32), axis=1), axis=0) > 0
+    M = tl.where(skipped, 0.0, M)
+    a_mu = tl.where(valid, 1.0 / nf, 0.0)
+    b = tl.sum(M * a_mu[None, :], axis=1)
+    s = rho * tl.sqrt(tl.maximum(tl.sum(a_mu * b, axis=0), 0.0, KEEP_NAN))
+
+    if RECTIFY:
+        alpha = _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS, POLISH)
+        r = _norm_of(M, alpha)
+        diag_max = _diag_max(M, valid, rows, cols)
+        max_norm = tl.sqrt(tl.maximum(diag_max, 0.0, KEEP_NAN))
+        k = tl.where(r > R_TOL_OUT * max_norm, s / tl.maximum(r, TINY, KEEP_NAN), 0.0)
+        a_u = a_mu + k * alpha
+        gap = _duality_gap(M, b, s, alpha, valid, diag_max, nf, R_TOL_OUT)
+    else:
+        alpha = tl.full([NPAD], NAN, tl.float64)
+        a_u = w
+        gap = tl.full((), NAN, tl.float64)
+
+    if RESCALE:
+        tau = kappa * _norm_of(M, w)
+        a_en = a_u * (tau / (_norm_of(M, a_u) + eps))
+        joint = kappa * w
+    else:
+        a_en = a_u
+        joint = w
+    # Typed fp64: the interpreter casts a float merged across branches to fp32.
+    if FUSE:
+        fuse = tl.full((), nu, tl.float64)
+    else:
+        fuse = tl.full((), 0.0, tl.float64)
+    coeffs = (1.0 - fuse) * a_en + fuse * joint
+
+    out_ty = coeffs_ptr.dtype.element_ty
+    tl.store(coeffs_ptr + rows, tl.where(skipped, 0.0, coeffs).to(out_ty), mask=valid)
+    tl.store(alpha_ptr + rows, tl.where(skipped, NAN, alpha).to(out_ty), mask=valid)
+    tl.store(gap_ptr, tl.where(skipped, NAN, gap).to(out_ty))
+    tl.store(skipped_ptr, skipped.to(tl.uint8))
+
+
+def coefficients(
+    gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(alpha [n], coeffs [n], duality_gap [], skipped [] bool), as solver.camegrad_coefficients."""
+    n = gram.shape[0]
+    if n > MAX_N:
+        # The register tiles would spill; the torch solver is the same algorithm.
+        return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
+    npad = max(16, triton.next_power_of_2(n))
+    alpha = torch.empty(n, dtype=gram.dtype, device=gram.device)
+    coeffs = torch.empty_like(alpha)
+    gap = torch.empty((), dtype=gram.dtype, device=gram.device)
+    skipped = torch.empty((), dtype=torch.uint8, device=gram.device)
+    _coefficients_kernel[(1,)](
+        gram,
+        weights,
+        alpha,
+        coeffs,
+        gap,
+        skipped,
+        n,
+        float(rho),
+        float(kappa),
+        float(nu),
+        float(eps),
+        NPAD=npad,
+        RECTIFY=bool(stages & solver.RECTIFY),
+        RESCALE=bool(stages & solver.RESCALE),
+        FUSE=bool(stages & solver.FUSE),
+        R_TOL_OUT=solver.relative_tolerance(gram.dtype),
+        ITERS=solver.DUAL_ITERS,
+        POLISH=solver.POLISH_EVERY,
+        # Several [NPAD, NPAD] float64 tiles live at once: spread them over warps
+        # (ptxas for sm_90: no or small spills up to NPAD = 64 this way).
+        num_warps=max(4, npad // 4),
+    )
+    return alpha, coeffs, gap, skipped.view(torch.bool)

@@ -1,0 +1,379 @@
+// The Gram-space CAME-Grad solver on raw double arrays: a line-by-line port of
+// camegrad_kernels/solver.py (read that file for the reasoning behind each step).
+//
+// Header-only and free of torch types, allocation and the standard library
+// beyond <cmath>, so the CUDA backend can run the very same code on the device
+// (every function is __host__ __device__ under nvcc). Callers pass one scratch
+// buffer of workspace_size(n) doubles. Matrices are dense row-major n x n.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CAMEGRAD_HD __host__ __device__ inline
+#else
+#define CAMEGRAD_HD inline
+#endif
+
+namespace camegrad {
+namespace solver {
+
+// Stage bit flags and fixed work, as in solver.py.
+constexpr int RECTIFY = 1, RESCALE = 2, FUSE = 4;
+constexpr int DUAL_ITERS = 128;
+constexpr int POLISH_EVERY = 8;
+constexpr int POWER_ITERS = 16;
+constexpr double TINY = DBL_MIN;  // torch.finfo(float64).tiny
+
+struct Params {
+  double rho, kappa, nu, eps;
+  int stages;
+  double out_eps;  // machine epsilon of the Gram's dtype (solver.py's out_dtype)
+};
+
+// Scratch doubles needed by camegrad_coefficients for n tasks.
+CAMEGRAD_HD long workspace_size(long n) { return 3 * n * n + 15 * n; }
+
+// torch.clamp_min / clamp semantics: a NaN input stays NaN.
+CAMEGRAD_HD double clamp_min(double x, double lo) { return x < lo ? lo : x; }
+CAMEGRAD_HD double clamp(double x, double lo, double hi) {
+  x = clamp_min(x, lo);
+  return x > hi ? hi : x;
+}
+
+CAMEGRAD_HD double relative_tolerance(double dtype_eps) { return 10.0 * std::sqrt(dtype_eps); }
+
+CAMEGRAD_HD double dot(const double* a, const double* b, int n) {
+  double acc = 0.0;
+  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// y = M x (y must not alias x).
+CAMEGRAD_HD void matvec(const double* M, const double* x, double* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] = dot(M + (long)i * n, x, n);
+}
+
+// max over the diagonal; NaN propagates like torch's max().
+CAMEGRAD_HD double diag_max(const double* M, int n) {
+  double m = M[0];
+  for (int i = 1; i < n; ++i) {
+    const double v = M[(long)i * n + i];
+    if (v > m || std::isnan(v)) m = std::isnan(m) ? m : v;
+  }
+  return m;
+}
+
+// sqrt(x^T M x) with the clamp solver.py uses; Mx receives M x.
+CAMEGRAD_HD double quad_norm(const double* M, const double* x, double* Mx, int n) {
+  matvec(M, x, Mx, n);
+  return std::sqrt(clamp_min(dot(x, Mx, n), 0.0));
+}
+
+// Euclidean projection onto the unit simplex (sort based). u: n scratch.
+CAMEGRAD_HD void project_simplex(const double* v, double* out, double* u, int n) {
+  for (int i = 0; i < n; ++i) {  // insertion sort, descending (n is small)
+    const double x = v[i];
+    int j = i;
+    for (; j > 0 && u[j - 1] < x; --j) u[j] = u[j - 1];
+    u[j] = x;
+  }
+  // count = how many k satisfy u_k - (cumsum_k - 1)/k > 0, as torch sums the mask.
+  int count = 0;
+  double css = 0.0;
+  for (int k = 0; k < n; ++k) {
+    css += u[k];
+    if (u[k] - (css - 1.0) / (k + 1) > 0) ++count;
+  }
+  if (count < 1) count = 1;
+  css = 0.0;
+  for (int k = 0; k < count; ++k) css += u[k];
+  const double theta = (css - 1.0) / count;
+  for (int i = 0; i < n; ++i) out[i] = clamp_min(v[i] - theta, 0.0);
+}
+
+// phi(t) = beta t + s sqrt(p + 2 q t + m t^2), the dual objective along a segment.
+CAMEGRAD_HD double segment_phi(double beta, double p, double q, double m, double s, double t) {
+  return beta * t + s * std::sqrt(clamp_min(p + 2.0 * q * t + m * t * t, 0.0));
+}
+
+// argmin over t in [0, 1] of phi (convex; closed-form stationary point). The
+// candidates {0, t*, 1} are compared, so the step never increases phi.
+CAMEGRAD_HD double segment_step(double beta, double p, double q, double m, double s) {
+  const double denom = s * s * m - beta * beta;
+  const double delta = clamp_min(p * m - q * q, 0.0);
+  const double y = -beta * std::sqrt(delta / clamp_min(denom, TINY));
+  double t_star = (denom > 0 && m > 0) ? (y - q) / clamp_min(m, TINY) : 1.0;
+  t_star = clamp(t_star, 0.0, 1.0);
+  double t_best = 0.0, phi_best = segment_phi(beta, p, q, m, s, 0.0);
+  const double candidates[2] = {t_star, 1.0};
+  for (int c = 0; c < 2; ++c) {
+    const double val = segment_phi(beta, p, q, m, s, candidates[c]);
+    if (val < phi_best) {
+      t_best = candidates[c];
+      phi_best = val;
+    }
+  }
+  return t_best;
+}
+
+// lambda_max(A) estimate from POWER_ITERS power iterations. v, Av: n scratch.
+CAMEGRAD_HD double power_lambda_max(const double* A, double* v, double* Av, int n) {
+  for (int i = 0; i < n; ++i) v[i] = i + 1.0;  // a ramp: A = P M P kills the ones
+  for (int it = 0; it < POWER_ITERS; ++it) {
+    matvec(A, v, Av, n);
+    const double norm = clamp_min(std::sqrt(dot(Av, Av, n)), TINY);
+    for (int i = 0; i < n; ++i) v[i] = Av[i] / norm;
+  }
+  matvec(A, v, Av, n);
+  return clamp_min(dot(v, Av, n), TINY);
+}
+
+// Exact dual optimum on the face {i : z_i > 0} (design note §2b), written to
+// alpha. The ridged system M_S + ridge I is solved by Gaussian elimination with
+// partial pivoting (what torch.linalg.solve_ex's LU does); a zero or non-finite
+// pivot invalidates the candidate like LAPACK's inf/NaN result does in solver.py.
+// work: n*n + 2n scratch.
+CAMEGRAD_HD void face_solve(const double* M, const double* b, double s, const double* z, double* alpha,
+                            double* work, int n) {
+  double* A = work;  // compacted k x k system, k = |support|
+  double* p = work + (long)n * n;
+  double* q = p + n;
+  const double ridge = 8.0 * n * DBL_EPSILON;
+  int k = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!(z[i] > 0)) continue;
+    int c = 0;
+    for (int j = 0; j < n; ++j)
+      if (z[j] > 0) A[(long)k * n + c++] = M[(long)i * n + j] + (i == j ? ridge : 0.0);
+    p[k] = 1.0;  // right-hand sides: 1_S and b_S
+    q[k] = b[i];
+    ++k;
+  }
+  bool solved = true;
+  for (int c = 0; c < k && solved; ++c) {
+    int piv = c;  // first row of largest magnitude, as LAPACK's idamax
+    for (int r = c + 1; r < k; ++r)
+      if (std::fabs(A[(long)r * n + c]) > std::fabs(A[(long)piv * n + c])) piv = r;
+    const double pv = A[(long)piv * n + c];
+    if (pv == 0.0 || !std::isfinite(pv)) {
+      solved = false;
+      break;
+    }
+    if (piv != c) {
+      for (int j = c; j < k; ++j) {
+        const double t = A[(long)c * n + j];
+        A[(long)c * n + j] = A[(long)piv * n + j];
+        A[(long)piv * n + j] = t;
+      }
+      double t = p[c];
+      p[c] = p[piv];
+      p[piv] = t;
+      t = q[c];
+      q[c] = q[piv];
+      q[piv] = t;
+    }
+    for (int r = c + 1; r < k; ++r) {
+      const double f = A[(long)r * n + c] / pv;
+      for (int j = c + 1; j < k; ++j) A[(long)r * n + j] -= f * A[(long)c * n + j];
+      p[r] -= f * p[c];
+      q[r] -= f * q[c];
+    }
+  }
+  for (int r = k - 1; r >= 0 && solved; --r) {
+    double sp = p[r], sq = q[r];
+    for (int j = r + 1; j < k; ++j) {
+      sp -= A[(long)r * n + j] * p[j];
+      sq -= A[(long)r * n + j] * q[j];
+    }
+    p[r] = sp / A[(long)r * n + r];
+    q[r] = sq / A[(long)r * n + r];
+  }
+  // A = 1^T p, B = 1^T q, C = b_S^T q (compacted entries are in support order).
+  double Asum = 0.0, Bsum = 0.0, Csum = 0.0;
+  for (int i = 0, c = 0; i < n && solved; ++i) {
+    if (!(z[i] > 0)) continue;
+    Asum += p[c];
+    Bsum += q[c];
+    Csum += b[i] * q[c];
+    ++c;
+  }
+  const double D = Bsum * Bsum - Asum * (Csum - s * s);
+  const double sqrt_d = std::sqrt(clamp_min(D, TINY));
+  const double lam = (Bsum + sqrt_d) / clamp_min(Asum, TINY);
+  double total = 0.0;
+  for (int i = 0, c = 0; i < n; ++i) {
+    alpha[i] = 0.0;
+    if (!(z[i] > 0) || !solved) continue;
+    alpha[i] = clamp_min((lam * p[c] - q[c]) / sqrt_d, 0.0);
+    total += alpha[i];
+    ++c;
+  }
+  const bool ok = solved && D > 0 && Asum > 0 && total > 0 && std::isfinite(total);
+  // Fallback: uniform on the support (all zeros for an empty support).
+  const double denom = ok ? clamp_min(total, TINY) : clamp_min((double)k, 1.0);
+  for (int i = 0; i < n; ++i) alpha[i] = (ok ? alpha[i] : (z[i] > 0 ? 1.0 : 0.0)) / denom;
+}
+
+// F(alpha) = alpha^T b + s sqrt(alpha^T M alpha). tmp: n scratch.
+CAMEGRAD_HD double objective(const double* M, const double* b, double s, const double* alpha, double* tmp,
+                             int n) {
+  return dot(alpha, b, n) + s * quad_norm(M, alpha, tmp, n);
+}
+
+// Normalised duality gap of alpha (design note §2). Ma: n scratch.
+CAMEGRAD_HD double duality_gap(const double* M, const double* b, double s, const double* alpha,
+                               double r_tol, double* Ma, int n) {
+  const double r = quad_norm(M, alpha, Ma, n);
+  const double max_norm = std::sqrt(clamp_min(diag_max(M, n), 0.0));
+  const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
+  double primal = b[0] + k * Ma[0], bsum = b[0];
+  for (int i = 1; i < n; ++i) {
+    const double v = b[i] + k * Ma[i];
+    if (v < primal || std::isnan(v)) primal = std::isnan(primal) ? primal : v;
+    bsum += b[i];
+  }
+  const double dual = dot(alpha, b, n) + s * r;
+  const double mu_norm = std::sqrt(clamp_min(bsum / n, 0.0));
+  return (dual - primal) / clamp_min(mu_norm * max_norm, TINY);
+}
+
+// alpha* = argmin over the simplex of alpha^T b + s sqrt(alpha^T M alpha); the
+// algorithm of solver.solve_dual. work: 2n^2 + 12n scratch.
+CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* out, double* work, int n) {
+  const long nn = (long)n * n;
+  double* Mh = work;
+  double* scratch = Mh + nn;  // n*n + 2n: the centred matrix, then face solves
+  double* bh = scratch + nn + 2 * n;
+  double* alpha = bh + n;
+  double* Ma = alpha + n;
+  double* grad = Ma + n;
+  double* z = grad + n;
+  double* d = z + n;
+  double* Md = d + n;
+  double* face = Md + n;
+  double* tmp = face + n;
+  double* tmp2 = tmp + n;
+
+  // 1. Scale free: M / max(diag M).
+  const double scale = clamp_min(diag_max(M, n), TINY);
+  for (long i = 0; i < nn; ++i) Mh[i] = M[i] / scale;
+  for (int i = 0; i < n; ++i) bh[i] = b[i] / scale;
+  const double sh = s / std::sqrt(scale);
+  // Curvature along the simplex: lambda_max(P Mh P), P = I - 11^T/n, formed by
+  // centring the columns then the rows (the same matrix as the two products).
+  for (int j = 0; j < n; ++j) {
+    double mean = 0.0;
+    for (int i = 0; i < n; ++i) mean += Mh[(long)i * n + j];
+    mean /= n;
+    for (int i = 0; i < n; ++i) scratch[(long)i * n + j] = Mh[(long)i * n + j] - mean;
+  }
+  for (int i = 0; i < n; ++i) {
+    double mean = 0.0;
+    for (int j = 0; j < n; ++j) mean += scratch[(long)i * n + j];
+    mean /= n;
+    for (int j = 0; j < n; ++j) scratch[(long)i * n + j] -= mean;
+  }
+  const double lam = power_lambda_max(scratch, tmp, tmp2, n);
+
+  // 2. Projected gradient with exact segment search and Barzilai-Borwein steps.
+  for (int i = 0; i < n; ++i) alpha[i] = z[i] = 1.0 / n;
+  double r = clamp_min(quad_norm(Mh, alpha, Ma, n), TINY);
+  for (int i = 0; i < n; ++i) grad[i] = bh[i] + sh * Ma[i] / r;
+  double eta = r / (sh * lam + 1e-6 * r);
+  for (int it = 0; it < DUAL_ITERS; ++it) {
+    if (it % POLISH_EVERY == POLISH_EVERY - 1) {
+      // Jump to the exact optimum of the face the projection points at, if better.
+      face_solve(Mh, bh, sh, z, face, scratch, n);
+      if (objective(Mh, bh, sh, face, tmp, n) < objective(Mh, bh, sh, alpha, tmp, n))
+        for (int i = 0; i < n; ++i) alpha[i] = face[i];
+      r = clamp_min(quad_norm(Mh, alpha, Ma, n), TINY);
+      for (int i = 0; i < n; ++i) grad[i] = bh[i] + sh * Ma[i] / r;
+    }
+    for (int i = 0; i < n; ++i) tmp2[i] = alpha[i] - eta * grad[i];
+    project_simplex(tmp2, z, tmp, n);
+    for (int i = 0; i < n; ++i) d[i] = z[i] - alpha[i];
+    matvec(Mh, d, Md, n);
+    const double t = segment_step(dot(d, bh, n), r * r, dot(Ma, d, n), dot(d, Md, n), sh);
+    for (int i = 0; i < n; ++i) alpha[i] += t * d[i];
+    r = clamp_min(quad_norm(Mh, alpha, Ma, n), TINY);
+    double ss = 0.0, curv = 0.0;  // step = t d, dgrad = grad_new - grad
+    for (int i = 0; i < n; ++i) {
+      const double g_new = bh[i] + sh * Ma[i] / r;
+      const double step = t * d[i];
+      ss += step * step;
+      curv += step * (g_new - grad[i]);
+      grad[i] = g_new;
+    }
+    eta = clamp(curv > TINY ? ss / clamp_min(curv, TINY) : eta, 1e-10, 1e10);
+  }
+
+  // 3-4. Exact solve on the last projected face; keep the smaller duality gap.
+  face_solve(Mh, bh, sh, z, face, scratch, n);
+  const double r_tol = relative_tolerance(DBL_EPSILON);
+  const double gap_face = duality_gap(Mh, bh, sh, face, r_tol, tmp, n);
+  const bool better = gap_face < duality_gap(Mh, bh, sh, alpha, r_tol, tmp, n);
+  for (int i = 0; i < n; ++i) out[i] = better ? face[i] : alpha[i];
+}
+
+// solver.camegrad_coefficients: alpha [n], coeffs [n], gap, skipped from the
+// Gram matrix M and weights w. work: workspace_size(n) doubles.
+CAMEGRAD_HD void camegrad_coefficients(const double* M_in, const double* w, int n, const Params& prm,
+                                       double* alpha, double* coeffs, double* gap, bool* skipped,
+                                       double* work) {
+  const long nn = (long)n * n;
+  double* M = work;
+  double* b = M + nn;
+  double* Ma = b + n;
+  double* a_u = Ma + n;
+  double* dual_work = a_u + n;  // 2n^2 + 12n
+  bool finite = true;
+  for (long i = 0; i < nn; ++i) finite = finite && std::isfinite(M_in[i]);
+  for (long i = 0; i < nn; ++i) M[i] = finite ? M_in[i] : 0.0;
+  const double a_mu = 1.0 / n;
+  for (int i = 0; i < n; ++i) {
+    double acc = 0.0;
+    for (int j = 0; j < n; ++j) acc += M[(long)i * n + j] * a_mu;
+    b[i] = acc;
+  }
+  double b_sum = 0.0;
+  for (int i = 0; i < n; ++i) b_sum += a_mu * b[i];
+  const double s = prm.rho * std::sqrt(clamp_min(b_sum, 0.0));
+  const double r_tol = relative_tolerance(prm.out_eps);
+
+  double gap_value = NAN;
+  if (prm.stages & RECTIFY) {
+    solve_dual(M, b, s, alpha, dual_work, n);
+    const double r = quad_norm(M, alpha, Ma, n);
+    const double max_norm = std::sqrt(clamp_min(diag_max(M, n), 0.0));
+    const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
+    for (int i = 0; i < n; ++i) a_u[i] = a_mu + k * alpha[i];
+    gap_value = duality_gap(M, b, s, alpha, r_tol, Ma, n);
+  } else {
+    for (int i = 0; i < n; ++i) {
+      alpha[i] = NAN;
+      a_u[i] = w[i];
+    }
+  }
+
+  double joint_scale = 1.0;  // the fused joint term is kappa*w with Stage 2, w without
+  if (prm.stages & RESCALE) {
+    const double tau = prm.kappa * quad_norm(M, w, Ma, n);
+    const double factor = tau / (quad_norm(M, a_u, Ma, n) + prm.eps);
+    for (int i = 0; i < n; ++i) a_u[i] *= factor;
+    joint_scale = prm.kappa;
+  }
+  const double fuse = (prm.stages & FUSE) ? prm.nu : 0.0;
+  for (int i = 0; i < n; ++i) coeffs[i] = (1.0 - fuse) * a_u[i] + fuse * (joint_scale * w[i]);
+
+  *skipped = !finite;
+  *gap = finite ? gap_value : NAN;
+  for (int i = 0; i < n; ++i) {
+    coeffs[i] = finite ? coeffs[i] : 0.0;
+    alpha[i] = finite ? alpha[i] : NAN;
+  }
+}
+
+}  // namespace solver
+}  // namespace camegrad

@@ -1,0 +1,255 @@
+"""camegrad_kernels.distributed on real process groups (gloo on CPU; NCCL with >= 2 GPUs).
+
+Spawning ranks costs seconds, so each world size is spawned once: every rank
+runs all the scenarios below in order and records a traceback per scenario;
+each pytest case then checks one scenario's record on all ranks. A collective
+that hangs fails through the group's short timeout instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from camegrad_kernels import camegrad_step
+from camegrad_kernels.distributed import (
+    _reduce_scatter_columns,
+    _split,
+    average_task_grads,
+    camegrad_step_sharded,
+    gather_update,
+    shard_task_grads,
+)
+
+# The kernel backend: the same one on every rank and in the single-process check.
+BACKEND = "reference"
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def _grads(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Seeded on the CPU: the same seed gives the same G on every rank."""
+    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return g.to(device=device, dtype=dtype)
+
+
+def _sharded_matches(device, dtype, n, sizes, tol, **kw):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = sizes[:world]
+    full = _grads(n, sum(sizes), dtype, device)
+    lo = sum(sizes[:rank])
+    shard = full[:, lo : lo + sizes[rank]].contiguous()
+    out, info = camegrad_step_sharded(shard, return_info=True, backend=BACKEND, **kw)
+    ref, ref_info = camegrad_step(full, return_info=True, backend=BACKEND, **kw)
+    assert out.shape == (sizes[rank],) and out.dtype == dtype
+    err = (out - ref[lo : lo + sizes[rank]]).norm() / ref.norm()
+    assert err <= tol, f"relative error {err:.3g} > {tol}"
+    torch.testing.assert_close(
+        info.gram, ref_info.gram, rtol=tol, atol=tol * ref_info.gram.abs().max()
+    )
+    # Bitwise identical alpha and coefficients on every rank.
+    bits = torch.cat([info.alpha, info.coeffs]).view(
+        torch.int64 if dtype == torch.float64 else torch.int32
+    )
+    every = [torch.empty_like(bits) for _ in range(world)]
+    dist.all_gather(every, bits)
+    assert all(torch.equal(b, every[0]) for b in every), "alpha/coeffs bits differ across ranks"
+
+
+@scenario
+def sharded_fp32_even(device):
+    _sharded_matches(device, torch.float32, 4, [334, 334, 333], 1e-6, weights=[1.0, 2.0, 0.5, 1.0])
+
+
+@scenario
+def sharded_fp64_uneven(device):
+    _sharded_matches(device, torch.float64, 5, [7, 300, 41], 1e-12, rho=0.3, kappa=1.2)
+
+
+@scenario
+def sharded_empty_shard_on_rank_1(device):
+    _sharded_matches(device, torch.float32, 3, [200, 0, 57], 1e-6, stages=("rectify", "rescale"))
+
+
+@scenario
+def sharded_writes_into_out(device):
+    rank = dist.get_rank()
+    shard = _grads(3, 10 * (rank + 1), torch.float64, device, seed=rank)
+    out = torch.empty(shard.shape[1], dtype=torch.float64, device=device)
+    assert camegrad_step_sharded(shard, out=out, backend=BACKEND) is out
+
+
+@scenario
+def nonfinite_raises_on_every_rank(device):
+    shard = _grads(3, 50, torch.float32, device, seed=dist.get_rank())
+    if dist.get_rank() == 0:
+        shard[1, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"task gradient\(s\) \[1\]"):
+        camegrad_step_sharded(shard, backend=BACKEND)
+    update, info = camegrad_step_sharded(shard, backend=BACKEND, nonfinite="skip", return_info=True)
+    assert bool(info.skipped) and not update.any()
+
+
+@scenario
+def ranks_disagree_on_n(device):
+    n = 3 if dist.get_rank() == 0 else 4
+    with pytest.raises(ValueError, match=r"ranks disagree on n \(rank 0: 3, rank 1: 4"):
+        camegrad_step_sharded(_grads(n, 20, torch.float32, device), backend=BACKEND)
+
+
+@scenario
+def ranks_disagree_on_rho(device):
+    rho = 0.6 if dist.get_rank() == dist.get_world_size() - 1 else 0.5
+    with pytest.raises(ValueError, match=r"ranks disagree on rho \(rank 0: 0\.5.*0\.6\)$"):
+        camegrad_step_sharded(_grads(3, 20, torch.float32, device), rho=rho, backend=BACKEND)
+
+
+@scenario
+def ranks_disagree_on_weights(device):
+    weights = [1.0, 1.0, 2.0 if dist.get_rank() == 1 else 1.0]
+    with pytest.raises(ValueError, match=r"ranks disagree on weights"):
+        camegrad_step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
+
+
+@scenario
+def invalid_input_on_one_rank_raises_everywhere(device):
+    weights = [1.0, -1.0, 1.0] if dist.get_rank() == 0 else None
+    match = "weights: expected values >= 0" if dist.get_rank() == 0 else r"rank\(s\) \[0\] rejected"
+    with pytest.raises(ValueError, match=match):
+        camegrad_step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
+
+
+@scenario
+def average_task_grads_in_buckets(device):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    base = _grads(3, 1001, torch.float32, device)
+    buffer = base + rank
+    assert average_task_grads(buffer, bucket_bytes=1000) is buffer  # 4 buckets, the last partial
+    torch.testing.assert_close(buffer, base + (world - 1) / 2, rtol=1e-6, atol=1e-6)
+
+
+@scenario
+def shard_and_gather_round_trip(device):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    base = _grads(4, 1003, torch.float32, device)
+    buffer = base * (rank + 1)
+    shard, offsets = shard_task_grads(buffer)
+    assert torch.equal(buffer, base * (rank + 1)), "shard_task_grads modified its input"
+    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert offsets[0] == 0 and offsets[-1] == 1003 and max(sizes) - min(sizes) <= 1
+    mean = base * (world + 1) / 2
+    torch.testing.assert_close(shard, mean[:, offsets[rank] : offsets[rank + 1]])
+    torch.testing.assert_close(gather_update(shard[2], 1003), mean[2])
+
+
+@scenario
+def reduce_scatter_path(device):
+    """The accelerator path of shard_task_grads (gloo runs reduce_scatter since torch 2.8)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    base = _grads(3, 1003, torch.float64, device)
+    offsets = _split(1003, world)
+    shard = _reduce_scatter_columns(base * (rank + 1), offsets, rank, None)
+    mean = base * (world + 1) / 2
+    torch.testing.assert_close(shard, mean[:, offsets[rank] : offsets[rank + 1]])
+
+
+@scenario
+def shard_step_gather_pipeline(device):
+    """The sharded data-parallel step equals the local step on the averaged buffer.
+
+    d = world - 1 leaves the last rank an empty shard.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for d in (world - 1, 517):
+        buffer = _grads(3, d, torch.float64, device, seed=rank)
+        expected = camegrad_step(average_task_grads(buffer.clone()), backend=BACKEND)
+        shard, _ = shard_task_grads(buffer)
+        update = gather_update(camegrad_step_sharded(shard, backend=BACKEND), d)
+        torch.testing.assert_close(update, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def _worker(rank: int, world: int, backend: str, init_file: str, result_dir: str) -> None:
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend,
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=20),
+    )
+    results = {}
+    for name, fn in SCENARIOS.items():
+        try:
+            fn(device)
+            results[name] = ""
+        except Exception:  # noqa: BLE001 -- record it; the next scenario still runs on every rank
+            results[name] = traceback.format_exc()
+    dist.destroy_process_group()
+    Path(result_dir, f"{rank}.json").write_text(json.dumps(results))
+
+
+def _spawn(world: int, backend: str, tmp: Path, deadline_s: float = 90.0) -> list[dict]:
+    context = mp.spawn(
+        _worker, args=(world, backend, str(tmp / "rendezvous"), str(tmp)), nprocs=world, join=False
+    )
+    stop = time.monotonic() + deadline_s
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > stop:
+                raise TimeoutError(f"{world} ranks did not finish in {deadline_s} s")
+    finally:
+        for process in context.processes:  # only the ranks spawned here
+            if process.is_alive():
+                process.terminate()
+    return [json.loads((tmp / f"{rank}.json").read_text()) for rank in range(world)]
+
+
+def _failures(results: list[dict], name: str) -> str:
+    return "\n".join(f"--- rank {rank}:\n{r[name]}" for rank, r in enumerate(results) if r[name])
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda p: f"{p}ranks")
+def gloo_results(request, tmp_path_factory):
+    return _spawn(request.param, "gloo", tmp_path_factory.mktemp(f"gloo{request.param}"))
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_gloo(gloo_results, name):
+    failures = _failures(gloo_results, name)
+    assert not failures, failures
+
+
+@pytest.mark.skipif(
+    not dist.is_nccl_available() or torch.cuda.device_count() < 2,
+    reason="NCCL needs >= 2 CUDA GPUs",
+)
+def test_nccl(tmp_path):
+    results = _spawn(2, "nccl", tmp_path, deadline_s=180.0)
+    failures = "\n".join(_failures(results, name) for name in SCENARIOS)
+    assert not failures.strip(), failures
+
+
+def test_arguments_are_checked_before_any_collective():
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        average_task_grads(torch.ones(2, 3), bucket_bytes=0)
+    with pytest.raises(ValueError, match="expected d >= 1"):
+        shard_task_grads(torch.ones(2, 0))
+    with pytest.raises(ValueError, match="d: expected a positive int"):
+        gather_update(torch.ones(0), 0)
