@@ -15,6 +15,7 @@ from .api import (
     gram,
     task_cosines,
 )
+from . import reference
 from .trainer import CAMEGrad, TrainStepInfo
 
 __all__ = [
