@@ -26,6 +26,7 @@ See bench/README.md for the fields.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import gc
@@ -39,7 +40,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import scipy
@@ -148,17 +149,15 @@ def memory_bytes(device: torch.device) -> int:
     return ram_bytes()
 
 
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(ROOT), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+
     try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or None
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+        return head + ("+dirty" if dirty else "") or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -171,11 +170,10 @@ def safe_available_backends() -> list[str]:
         names = []
         for name in BACKENDS:
             dev = torch.device("cuda" if name == "cuda" else "cpu")
-            try:
+            # A backend that cannot even say why it is unavailable is left out.
+            with contextlib.suppress(Exception):
                 if backends.load(name).unavailable_reason(dev, torch.float32) is None:
                     names.append(name)
-            except Exception:  # noqa: BLE001
-                pass
         print(f"# note: api.available_backends() raised {type(exc).__name__}: {exc}", flush=True)
         return names
 
@@ -361,7 +359,7 @@ class CompileCache:
         return fn, info
 
 
-def backend_can_run(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def backend_can_run(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """None when backend ``name`` runs ``dtype`` on ``device`` here, else why not."""
     if name == "triton" and device.type != "cuda":
         return "triton is not benchmarked off the GPU (the interpreter is not a backend)"

@@ -24,13 +24,13 @@ import matplotlib.pyplot as plt
 HERE = Path(__file__).resolve().parent
 ORDER = ("naive", "eager", "compile", "reference", "cpu", "triton", "cuda")
 STYLE = {
-    "naive": dict(color="tab:red", marker="v", ls=":"),
-    "eager": dict(color="tab:blue", marker="s", ls="--"),
-    "compile": dict(color="tab:purple", marker="D", ls="--"),
-    "reference": dict(color="tab:gray", marker="o", ls="-."),
-    "cpu": dict(color="tab:green", marker="o", ls="-"),
-    "triton": dict(color="tab:orange", marker="^", ls="-"),
-    "cuda": dict(color="tab:olive", marker="*", ls="-"),
+    "naive": {"color": "tab:red", "marker": "v", "ls": ":"},
+    "eager": {"color": "tab:blue", "marker": "s", "ls": "--"},
+    "compile": {"color": "tab:purple", "marker": "D", "ls": "--"},
+    "reference": {"color": "tab:gray", "marker": "o", "ls": "-."},
+    "cpu": {"color": "tab:green", "marker": "o", "ls": "-"},
+    "triton": {"color": "tab:orange", "marker": "^", "ls": "-"},
+    "cuda": {"color": "tab:olive", "marker": "*", "ls": "-"},
 }
 LABELS = {
     "naive": "naive: paper-literal eager + SLSQP",

@@ -75,8 +75,10 @@ def table(data: dict, ns=None, dtypes=None, cold: dict | None = None) -> str:
         f"**{m['device']}** ({what}; torch {m['torch']}) — {data['created'][:10]}"
         + (f", load {load[0]:.2f} at start" if load else ""),
         "",
-        "Median ms per step (p10-p90 in the JSON); *floor* = bytes / copy bandwidth of the same run; "
-        f"% BW and speedups are for {'/'.join(ours)}.",
+        (
+            "Median ms per step (p10-p90 in the JSON); *floor* = bytes / copy bandwidth of the same"
+            f" run; % BW and speedups are for {'/'.join(ours)}."
+        ),
         "",
     ]
     head = ["dtype", "n", "d", "floor"] + [HEAD[x] for x in methods]
@@ -102,8 +104,13 @@ def table(data: dict, ns=None, dtypes=None, cold: dict | None = None) -> str:
                 cells.append(f"{s:.2f}x" if s is not None else cell(by.get(p)) if by.get(p) else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("reduced_repeats") for r in rows):
-        lines += ["", "\\* fewer timed runs (naive peer at large n·d: "
-                  f"--naive-repeats {data['settings']['naive_repeats']})."]
+        lines += [
+            "",
+            (
+                "\\* fewer timed runs (naive peer at large n·d: "
+                f"--naive-repeats {data['settings']['naive_repeats']})."
+            ),
+        ]
     comp = data.get("compile") or {}
     if comp:
         parts = [f"{k}: {v['first_call_s']:.0f} s (inductor cache hits {v.get('fxgraph_cache_hit')}, "
@@ -121,11 +128,20 @@ def table(data: dict, ns=None, dtypes=None, cold: dict | None = None) -> str:
         lines += ["", f"Copy bandwidth of a {big['bytes_copied'] >> 20} MiB buffer: {big['gbps']:.1f} GB/s (read+write)."]
     e2e = data.get("e2e")
     if e2e and e2e.get("configs"):
-        lines += ["", "End to end (python/train_multitask.py step, "
-                  f"n = {e2e['tasks_n']}, batch {e2e['batch']}, {e2e['threads']} thread(s)):", "",
-                  "| d shared | backend | linear, 1 backward (ms) | linear, n backwards (ms) | CAME-Grad (ms) "
-                  "| overhead vs 1-bwd linear | vs n-bwd linear | camegrad_step alone |",
-                  "|--:|---|--:|--:|--:|--:|--:|--:|"]
+        lines += [
+            "",
+            (
+                "End to end (python/train_multitask.py step, "
+                f"n = {e2e['tasks_n']}, batch {e2e['batch']}, {e2e['threads']} thread(s)):"
+            ),
+            "",
+            (
+                "| d shared | backend | linear, 1 backward (ms) | linear, n backwards (ms)"
+                " | CAME-Grad (ms) | overhead vs 1-bwd linear | vs n-bwd linear"
+                " | camegrad_step alone |"
+            ),
+            "|--:|---|--:|--:|--:|--:|--:|--:|",
+        ]
         for c in e2e["configs"]:
             for name, o in c.get("overhead", {}).items():
                 lines.append(

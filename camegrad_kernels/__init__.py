@@ -5,6 +5,7 @@
 See README.md; the maths is in the design note and ``camegrad_kernels.reference``.
 """
 
+from . import methods, presets, reference
 from .api import (
     Coefficients,
     StepInfo,
@@ -15,19 +16,25 @@ from .api import (
     gram,
     task_cosines,
 )
-from . import reference
+from .compat import CAME_Grad
+from .presets import PRESETS
 from .trainer import CAMEGrad, TrainStepInfo
 
 __all__ = [
+    "PRESETS",
     "CAMEGrad",
+    "CAME_Grad",
     "Coefficients",
-    "TrainStepInfo",
     "StepInfo",
+    "TrainStepInfo",
     "available_backends",
     "camegrad_coefficients",
     "camegrad_step",
     "combine",
     "gram",
+    "methods",
+    "presets",
+    "reference",
     "task_cosines",
 ]
 __version__ = "0.1.0"

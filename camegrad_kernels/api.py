@@ -10,29 +10,38 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from . import backends, solver
+from . import backends, methods, solver
 from .backends.reference import accumulate_dtype as _accumulate_dtype
 
 Weights = Optional[Union[Sequence[float], Tensor]]
 DEFAULT_STAGES = ("rectify", "rescale", "fuse")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKEND_NAMES = ("auto",) + backends.PRIORITY
+_STEP_NONFINITE = ("raise", "skip")  # camegrad_step's nonfinite= choices
 
 
 @dataclass
 class Coefficients:
     """Result of :func:`camegrad_coefficients` (all tensors on the Gram's device).
 
-    coeffs [n]: g_final = coeffs @ G. alpha [n]: the Stage-1 dual solution
-    (NaN when Stage 1 is off). duality_gap []: normalised gap of alpha (design
-    note §2). skipped [] bool: the Gram matrix was not finite.
+    coeffs [n]: g_final = coeffs @ G. skipped [] bool: the Gram matrix was not
+    finite. alpha [n] and duality_gap [] depend on the method
+    (:mod:`camegrad_kernels.methods`):
+
+    * "camegrad": the Stage-1 dual solution (NaN when Stage 1 is off) and its
+      normalised duality gap (design note §2);
+    * "cagrad": CAGrad's simplex weights w* (the same dual) and its gap;
+    * "mgda": the min-norm weights on the (normalised) gradients and the
+      normalised Frank-Wolfe gap (alpha^T M alpha - min_i (M alpha)_i) / max_i M_ii;
+    * "pcgrad", "linear": NaN (nothing is solved).
     """
 
     alpha: Tensor
@@ -69,9 +78,13 @@ def _default_device(name: str) -> str:
     return "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
 
 
-def _select_backend(backend: str, device: torch.device, dtype: torch.dtype) -> ModuleType:
+def _check_backend_name(backend: object) -> None:
     if not isinstance(backend, str) or backend not in _BACKEND_NAMES:
         raise ValueError(f"backend: expected one of {_BACKEND_NAMES}, got {backend!r}")
+
+
+def _select_backend(backend: str, device: torch.device, dtype: torch.dtype) -> ModuleType:
+    _check_backend_name(backend)
     if backend == "auto":
         backend = os.environ.get("CAMEGRAD_BACKEND", "auto") or "auto"
         if backend not in _BACKEND_NAMES:
@@ -180,7 +193,7 @@ def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.d
     return host.to(device=device, dtype=dtype)
 
 
-def _check_out(out: Optional[Tensor], grads: Tensor) -> Tensor:
+def _check_out(out: Tensor | None, grads: Tensor) -> Tensor:
     d = grads.shape[1]
     if out is None:
         return torch.empty(d, dtype=grads.dtype, device=grads.device)
@@ -208,6 +221,71 @@ def _check_coeffs(coeffs: object, grads: Tensor) -> Tensor:
     if coeffs.device != grads.device:
         raise ValueError(f"coeffs: expected a tensor on {grads.device}, got {coeffs.device}")
     return coeffs.detach().to(_accumulate_dtype(grads.dtype)).contiguous()
+
+
+def _check_step_args(
+    grads: Tensor,
+    weights: Weights,
+    rho: float,
+    kappa: float,
+    nu: float,
+    eps: float,
+    stages: Sequence[str],
+    out: Tensor | None,
+    backend: str,
+    nonfinite: str,
+) -> tuple[Tensor, Tensor, int, ModuleType]:
+    """The checks of a step's other arguments, once ``grads`` passed its own.
+
+    Returns (out, weights in the accumulation dtype on grads' device, stage
+    mask, backend module).
+    """
+    _check_hyper(rho, kappa, nu, eps)
+    mask = stage_mask(stages)
+    if nonfinite not in _STEP_NONFINITE:
+        raise ValueError(f"nonfinite: expected 'raise' or 'skip', got {nonfinite!r}")
+    out = _check_out(out, grads)
+    w = _check_weights(weights, grads.shape[0], _accumulate_dtype(grads.dtype), grads.device)
+    return out, w, mask, _select_backend(backend, grads.device, grads.dtype)
+
+
+def _finish_step(
+    module: ModuleType,
+    grads: Tensor,
+    gram: Tensor,
+    solve_args: tuple,
+    out: Tensor,
+    nonfinite: str,
+    return_info: bool,
+    method: str = "camegrad",
+    method_options: dict | None = None,
+) -> Tensor | tuple[Tensor, StepInfo]:
+    """A step after its Gram: the nonfinite check, the solve, the combine into ``out``.
+
+    ``solve_args`` = (weights, rho, kappa, nu, eps, stage mask), as the backend's
+    ``coefficients`` takes them after the Gram. ``method`` other than "camegrad"
+    solves with :mod:`camegrad_kernels.methods` (torch ops on the Gram's device,
+    ``method_options`` as :func:`methods.check_method` returns them) and
+    combines with the backend.
+    """
+    if nonfinite == "raise":
+        _raise_on_nonfinite(gram)
+    alpha, coeffs, gap, skipped = _solve(module, gram, solve_args, method, method_options)
+    if grads.shape[1]:  # an empty column shard (camegrad_step_sharded) has nothing to combine
+        module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
+    if not return_info:
+        return out
+    return out, StepInfo(alpha, coeffs, gap, skipped, gram, task_cosines(gram), module.NAME)
+
+
+def _solve(
+    module: ModuleType, gram: Tensor, solve_args: tuple, method: str, options: dict | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(alpha, coeffs, gap, skipped): the backend's native CAME-Grad solver, or methods.py."""
+    if method == "camegrad":
+        return module.coefficients(gram, *solve_args)
+    w, rho = solve_args[0], solve_args[1]
+    return methods.coefficients(method, gram, w.to(gram.dtype), rho, options or {})
 
 
 def _raise_on_nonfinite(gram: Tensor) -> None:
@@ -243,21 +321,26 @@ def camegrad_coefficients(
     eps: float = 1e-8,
     stages: Sequence[str] = DEFAULT_STAGES,
     backend: str = "auto",
+    method: str = "camegrad",
+    method_options: dict | None = None,
 ) -> Coefficients:
     """CAME-Grad coefficients from the Gram matrix ``gram`` [n, n] (fp32/fp64).
 
     ``g_final = coeffs @ G``. Runs on the Gram's device without a host sync.
+    ``method`` / ``method_options``: as :func:`camegrad_step`.
     """
+    options = methods.check_method(method, method_options)
     gram = _check_gram(gram)
     _check_hyper(rho, kappa, nu, eps)
     mask = stage_mask(stages)
     w = _check_weights(weights, gram.shape[0], gram.dtype, gram.device)
     module = _select_backend(backend, gram.device, gram.dtype)
-    return Coefficients(*module.coefficients(gram, w, rho, kappa, nu, eps, mask))
+    solve_args = (w, rho, kappa, nu, eps, mask)
+    return Coefficients(*_solve(module, gram, solve_args, method, options))
 
 
 def combine(
-    grads: Tensor, coeffs: Tensor, *, out: Optional[Tensor] = None, backend: str = "auto"
+    grads: Tensor, coeffs: Tensor, *, out: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
     """``out = coeffs @ grads``: [n] x [n, d] -> [d] in grads' dtype (or into ``out``)."""
     grads = _check_grads(grads)
@@ -282,12 +365,14 @@ def camegrad_step(
     nu: float = 0.2,
     eps: float = 1e-8,
     stages: Sequence[str] = DEFAULT_STAGES,
-    out: Optional[Tensor] = None,
+    out: Tensor | None = None,
     backend: str = "auto",
     nonfinite: str = "raise",
     return_info: bool = False,
-    process_group: Optional["torch.distributed.ProcessGroup"] = None,
-) -> Union[Tensor, tuple[Tensor, StepInfo]]:
+    process_group: torch.distributed.ProcessGroup | None = None,
+    method: str = "camegrad",
+    method_options: dict | None = None,
+) -> Tensor | tuple[Tensor, StepInfo]:
     """One CAME-Grad step: g_final [d] from task gradients ``grads`` [n, d].
 
     Args:
@@ -305,11 +390,29 @@ def camegrad_step(
             shard: the Gram partials are all-reduced on the group, every rank
             solves the same coefficients and combines its own shard
             (:func:`camegrad_kernels.distributed.camegrad_step_sharded`).
+            Only with ``method="camegrad"``.
+        method: "camegrad" (default: the backend's native fused solver),
+            "cagrad", "mgda", "pcgrad" or "linear": the baselines of
+            :mod:`camegrad_kernels.methods`, solved in torch ops on the Gram's
+            device (no host sync), then combined by the backend. They read
+            ``rho`` (cagrad's ``c``) and ``weights`` (they act on the gradients
+            of the weighted losses w_i L_i); kappa, nu, eps and stages are
+            CAME-Grad's only and ignored by them.
+        method_options: per-method options: cagrad ``{"rescale": 0 | 1 | 2}``
+            (default 1), mgda ``{"normalization": "none" | "l2"}`` (default
+            "none"), pcgrad ``{"seed": int | None, "reduction": "sum" | "mean"}``
+            (default None: a seed drawn from torch's global CPU generator,
+            "sum"). An option the method does not take is a ValueError.
 
     Returns:
         The update [d] in grads' dtype (``out`` when given), or (update, info).
     """
+    options = methods.check_method(method, method_options)
     if process_group is not None:
+        if method != "camegrad":
+            raise ValueError(
+                f"method: process_group (sharded steps) supports only 'camegrad', got {method!r}"
+            )
         from .distributed import camegrad_step_sharded  # distributed imports this module
 
         return camegrad_step_sharded(
@@ -317,19 +420,10 @@ def camegrad_step(
             stages=stages, out=out, backend=backend, nonfinite=nonfinite, return_info=return_info,
         )
     grads = _check_grads(grads)
-    _check_hyper(rho, kappa, nu, eps)
-    mask = stage_mask(stages)
-    if nonfinite not in ("raise", "skip"):
-        raise ValueError(f"nonfinite: expected 'raise' or 'skip', got {nonfinite!r}")
-    out = _check_out(out, grads)
-    w = _check_weights(weights, grads.shape[0], _accumulate_dtype(grads.dtype), grads.device)
-    module = _select_backend(backend, grads.device, grads.dtype)
-    gram_ = module.gram(grads)
-    if nonfinite == "raise":
-        _raise_on_nonfinite(gram_)
-    alpha, coeffs, gap, skipped = module.coefficients(gram_, w, rho, kappa, nu, eps, mask)
-    module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
-    if not return_info:
-        return out
-    info = StepInfo(alpha, coeffs, gap, skipped, gram_, task_cosines(gram_), module.NAME)
-    return out, info
+    out, w, mask, module = _check_step_args(
+        grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite
+    )
+    solve_args = (w, rho, kappa, nu, eps, mask)
+    return _finish_step(
+        module, grads, module.gram(grads), solve_args, out, nonfinite, return_info, method, options
+    )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -20,22 +21,17 @@ from torch import Tensor
 from . import backends
 from .api import (
     _FLOAT_DTYPES,
+    _STEP_NONFINITE,
     DEFAULT_STAGES,
     StepInfo,
     Weights,
     _accumulate_dtype,
     _check_grads,
-    _check_hyper,
-    _check_out,
-    _check_weights,
-    _raise_on_nonfinite,
-    _select_backend,
-    stage_mask,
-    task_cosines,
+    _check_step_args,
+    _finish_step,
 )
 
 ProcessGroup = Optional[dist.ProcessGroup]
-_NONFINITE = ("raise", "skip")
 # What every rank must agree on; one float64 each (exact for these values).
 _FIELDS = ("n", "dtype", "rho", "kappa", "nu", "eps", "stages", "nonfinite", "backend", "weights")
 
@@ -60,13 +56,13 @@ def _show(field: str, value: float) -> str:
     if field == "backend":
         return backends.PRIORITY[int(value)]
     if field == "nonfinite":
-        return _NONFINITE[int(value)]
+        return _STEP_NONFINITE[int(value)]
     if field == "weights":
         return f"hash {int(value):012x}"
     return str(int(value)) if field in ("n", "stages") else repr(value)
 
 
-def _agree(descriptor: Optional[list[float]], device: torch.device, group: ProcessGroup) -> None:
+def _agree(descriptor: list[float] | None, device: torch.device, group: ProcessGroup) -> None:
     """One all_gather of every rank's descriptor; ValueError on all ranks if they differ.
 
     ``descriptor=None`` says this rank rejected its own inputs: it still takes
@@ -103,11 +99,11 @@ def camegrad_step_sharded(
     nu: float = 0.2,
     eps: float = 1e-8,
     stages: Sequence[str] = DEFAULT_STAGES,
-    out: Optional[Tensor] = None,
+    out: Tensor | None = None,
     backend: str = "auto",
     nonfinite: str = "raise",
     return_info: bool = False,
-) -> Union[Tensor, tuple[Tensor, StepInfo]]:
+) -> Tensor | tuple[Tensor, StepInfo]:
     """:func:`camegrad_kernels.camegrad_step` on G split by columns across ranks.
 
     Collective: every rank of ``process_group`` (default: the world) must call it.
@@ -124,14 +120,10 @@ def camegrad_step_sharded(
     device = grads_shard.device if isinstance(grads_shard, Tensor) else torch.device("cpu")
     try:
         grads = _check_shard(grads_shard)
-        _check_hyper(rho, kappa, nu, eps)
-        mask = stage_mask(stages)
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"nonfinite: expected 'raise' or 'skip', got {nonfinite!r}")
-        out = _check_out(out, grads)
+        out, w, mask, module = _check_step_args(
+            grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite
+        )
         n, acc = grads.shape[0], _accumulate_dtype(grads.dtype)
-        w = _check_weights(weights, n, acc, device)
-        module = _select_backend(backend, device, grads.dtype)
         descriptor = [
             n,
             _FLOAT_DTYPES.index(grads.dtype),
@@ -140,7 +132,7 @@ def camegrad_step_sharded(
             nu,
             eps,
             mask,
-            _NONFINITE.index(nonfinite),
+            _STEP_NONFINITE.index(nonfinite),
             backends.PRIORITY.index(module.NAME),
             _weights_hash(w),
         ]
@@ -156,14 +148,9 @@ def camegrad_step_sharded(
         else torch.zeros(n, n, dtype=acc, device=device)
     )
     dist.all_reduce(gram, group=process_group)
-    if nonfinite == "raise":
-        _raise_on_nonfinite(gram)  # the same reduced Gram everywhere: all ranks raise together
-    alpha, coeffs, gap, skipped = module.coefficients(gram, w, rho, kappa, nu, eps, mask)
-    if grads.shape[1]:
-        module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
-    if not return_info:
-        return out
-    return out, StepInfo(alpha, coeffs, gap, skipped, gram, task_cosines(gram), module.NAME)
+    # The same reduced Gram everywhere: with nonfinite="raise" all ranks raise together.
+    solve_args = (w, rho, kappa, nu, eps, mask)
+    return _finish_step(module, grads, gram, solve_args, out, nonfinite, return_info)
 
 
 # --------------------------------------------------------------------------- data-parallel helpers

@@ -10,7 +10,6 @@ passes.
 from __future__ import annotations
 
 import importlib
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -55,11 +54,11 @@ if HAS_CPU_OPS:
         )
 
     @torch.library.register_fake("camegrad::combine")
-    def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+    def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Tensor | None = None) -> Tensor:
         return grads.new_empty((grads.shape[1],))
 
     @torch.library.register_fake("camegrad::combine_out")
-    def _combine_out_fake(grads: Tensor, coeffs: Tensor, skip: Optional[Tensor], out: Tensor) -> None:
+    def _combine_out_fake(grads: Tensor, coeffs: Tensor, skip: Tensor | None, out: Tensor) -> None:
         return None
 
     @torch.library.register_fake("camegrad::step")

@@ -9,8 +9,8 @@ The tests also check it against an independent SciPy SLSQP oracle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ def solve_dual(g: Tensor, mu: Tensor, rho: float) -> tuple[Tensor, Tensor]:
 
 def camegrad_step(
     grads: Tensor,
-    weights: Optional[Sequence[float] | Tensor] = None,
+    weights: Sequence[float] | Tensor | None = None,
     *,
     rho: float = 0.5,
     kappa: float = 1.5,

@@ -197,8 +197,7 @@ class CAMEGrad:
         self.params = _shared_list(shared_params)
         api._check_hyper(rho, kappa, nu, eps)
         api.stage_mask(stages)
-        if not isinstance(backend, str) or backend not in api._BACKEND_NAMES:
-            raise ValueError(f"backend: expected one of {api._BACKEND_NAMES}, got {backend!r}")
+        api._check_backend_name(backend)
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite: expected one of {_NONFINITE}, got {nonfinite!r}")
         self.rho, self.kappa, self.nu, self.eps = rho, kappa, nu, eps
@@ -208,7 +207,47 @@ class CAMEGrad:
         self.timing = bool(timing)
         self.timings: dict[str, float] = {}
 
-        self.weights: list[float] | None = None
+        self.n = None
+        self.set_weights(weights)
+
+        first = self.params[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.numel = sum(p.numel() for p in self.params)
+        self._shared_ids = {id(p) for p in self.params}
+        self.n: int | None = None
+        self.grads: Tensor | None = None  # [n, d] task gradients of the last call
+        self.update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)  # [d]
+        self._update_views = self._views(self.update)
+        self._row_views: list[list[Tensor]] = []
+        self._pairs: Tensor | None = None
+        self._scale = 1.0  # w_i of the task being backwarded (read by the hooks)
+
+    @classmethod
+    def preset(
+        cls,
+        name: str,
+        shared_params: Iterable[Tensor] | nn.Module,
+        dataset: str = "mimic-cxr",
+        **overrides: object,
+    ) -> CAMEGrad:
+        """A CAMEGrad with the paper's (rho, kappa, nu) for backbone ``name`` on ``dataset``.
+
+        From :data:`camegrad_kernels.presets.PRESETS` (paper Tables D.1 and E.1);
+        ``overrides`` (any constructor argument, e.g. ``weights=[1.0, 0.5]`` or
+        ``nu=0.3``) win over the preset.
+        """
+        from .presets import preset  # presets is data only; imported lazily
+
+        options: dict[str, object] = {**preset(name, dataset), **overrides}
+        return cls(shared_params, **options)  # type: ignore[arg-type]
+
+    def set_weights(self, weights: api.Weights) -> None:
+        """Replace the task weights (n of them, >= 0, positive sum; None: all ones).
+
+        Takes effect at the next :meth:`backward`. After the first call the
+        number of weights must equal the number of tasks fixed then.
+        """
+        parsed: list[float] | None = None
         if weights is not None:
             if isinstance(weights, Tensor) and weights.dim() != 1:
                 raise ValueError(
@@ -222,24 +261,17 @@ class CAMEGrad:
                 ) from None
             if count < 1:
                 raise ValueError("weights: expected at least one task weight, got none")
+            if self.n is not None and count != self.n:
+                raise ValueError(
+                    f"weights: expected {self.n} weights (the number of tasks), got {count}"
+                )
             host = api._check_weights(weights, count, torch.float64, torch.device("cpu"))
-            self.weights = host.tolist()
+            parsed = host.tolist()
+        self.weights: list[float] | None = parsed
         # All-ones weights are passed as None: camegrad_step then copies nothing to the device.
-        uniform = self.weights is None or all(w == 1.0 for w in self.weights)
-        self._weights_host = None if uniform else torch.tensor(self.weights, dtype=torch.float64)
-        self._needs_hooks = self.weights is not None and any(w != 1.0 for w in self.weights)
-
-        first = self.params[0]
-        self.device, self.dtype = first.device, first.dtype
-        self.numel = sum(p.numel() for p in self.params)
-        self._shared_ids = {id(p) for p in self.params}
-        self.n: int | None = None
-        self.grads: Tensor | None = None  # [n, d] task gradients of the last call
-        self.update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)  # [d]
-        self._update_views = self._views(self.update)
-        self._row_views: list[list[Tensor]] = []
-        self._pairs: Tensor | None = None
-        self._scale = 1.0  # w_i of the task being backwarded (read by the hooks)
+        uniform = parsed is None or all(w == 1.0 for w in parsed)
+        self._weights_host = None if uniform else torch.tensor(parsed, dtype=torch.float64)
+        self._needs_hooks = parsed is not None and any(w != 1.0 for w in parsed)
 
     # ------------------------------------------------------------------ helpers
 
@@ -376,17 +408,23 @@ class CAMEGrad:
         _, info = api.camegrad_step(
             self.grads,
             self._weights_host,
-            rho=self.rho,
-            kappa=self.kappa,
-            nu=self.nu,
-            eps=self.eps,
-            stages=self.stages,
+            **self._solver_options(),
             out=self.update,
-            backend=self.backend,
             nonfinite=nonfinite,
             return_info=True,
         )
         return info
+
+    def _solver_options(self) -> dict[str, object]:
+        """The settings that camegrad_step and camegrad_coefficients both take."""
+        return {
+            "rho": self.rho,
+            "kappa": self.kappa,
+            "nu": self.nu,
+            "eps": self.eps,
+            "stages": self.stages,
+            "backend": self.backend,
+        }
 
     def _timed_step(self, nonfinite: str, t0: float) -> StepInfo:
         assert self.grads is not None
@@ -397,16 +435,7 @@ class CAMEGrad:
             api._raise_on_nonfinite(gram)
         self._sync()
         t2 = time.perf_counter()
-        co = api.camegrad_coefficients(
-            gram,
-            self._weights_host,
-            rho=self.rho,
-            kappa=self.kappa,
-            nu=self.nu,
-            eps=self.eps,
-            stages=self.stages,
-            backend=self.backend,
-        )
+        co = api.camegrad_coefficients(gram, self._weights_host, **self._solver_options())
         self._sync()
         t3 = time.perf_counter()
         api.combine(self.grads, co.coeffs, out=self.update, backend=self.backend)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import make_grads, rel_err
 
 import camegrad_kernels as ck
-from helpers import make_grads, rel_err
 
 G = make_grads("conflicting", 3, 17)
 

@@ -5,10 +5,10 @@ The Triton backend runs under its interpreter on CPU (slow), so it gets small d.
 
 import pytest
 import torch
+from helpers import make_grads, rel_err
 
 import camegrad_kernels as ck
 from camegrad_kernels import reference
-from helpers import make_grads, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ck.available_backends()
@@ -76,7 +76,7 @@ def test_hard_geometries(backend, kind, scale, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rank_deficient_more_tasks_than_parameters(backend):
     g = make_grads("random", 12, 5, torch.float64)
-    out, info = _step(g, backend)
+    out, _ = _step(g, backend)
     assert rel_err(out.cpu(), reference.camegrad_step(g)) < 1e-7
 
 

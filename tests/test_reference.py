@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import make_grads, rel_err, slsqp_dual
 
 from camegrad_kernels import reference, solver
-from helpers import make_grads, rel_err, slsqp_dual
 
 KINDS = ["random", "conflicting", "correlated"]
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import make_grads, rel_err
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from camegrad_kernels import reference, solver
-from helpers import make_grads, rel_err
 
 
 @pytest.mark.parametrize("dtype,gap_tol", [(torch.float32, 1e-5), (torch.float64, 1e-9)])
@@ -36,12 +36,12 @@ def test_no_host_sync_and_fixed_work():
     with FakeTensorMode():
         M = torch.empty(8, 8)
         w = torch.empty(8)
-        alpha, coeffs, gap, skipped = solver.camegrad_coefficients(M, w, 0.5, 1.5, 0.2, 1e-8)
+        _, coeffs, gap, skipped = solver.camegrad_coefficients(M, w, 0.5, 1.5, 0.2, 1e-8)
     assert coeffs.shape == (8,) and gap.shape == () and skipped.dtype == torch.bool
 
 
 def test_nonfinite_gram_is_skipped():
     M = torch.eye(3)
     M[1, 1] = float("nan")
-    alpha, coeffs, gap, skipped = solver.camegrad_coefficients(M, torch.ones(3), 0.5, 1.5, 0.2, 1e-8)
+    _, coeffs, gap, skipped = solver.camegrad_coefficients(M, torch.ones(3), 0.5, 1.5, 0.2, 1e-8)
     assert skipped and torch.equal(coeffs, torch.zeros(3)) and torch.isnan(gap)

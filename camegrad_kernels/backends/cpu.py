@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -12,7 +10,7 @@ from .. import ops
 NAME = "cpu"
 
 
-def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if not ops.HAS_CPU_OPS:
         return f"the C++ extension camegrad_kernels._C is not built ({ops.LOAD_ERRORS.get('_C')})"
     if device.type != "cpu":
@@ -30,6 +28,6 @@ def coefficients(
     return torch.ops.camegrad.coefficients(gram, weights, rho, kappa, nu, eps, stages)
 
 
-def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Optional[Tensor]) -> Tensor:
+def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     torch.ops.camegrad.combine_out(grads, coeffs, skip, out)
     return out

@@ -7,8 +7,6 @@ vector-space ground truth is ``camegrad_kernels.reference``, not this.)
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -22,7 +20,7 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
@@ -37,7 +35,7 @@ def coefficients(
     return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
 
 
-def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Optional[Tensor]) -> Tensor:
+def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     acc = accumulate_dtype(grads.dtype)
     update = coeffs.to(acc) @ grads.to(acc)
     if skip is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 from types import ModuleType
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -19,10 +18,10 @@ NAME = "triton"
 
 
 @functools.cache
-def _import_error() -> Optional[str]:
+def _import_error() -> str | None:
     try:
         import triton  # noqa: F401
-    except Exception as exc:  # not installed, or broken against this torch
+    except Exception as exc:  # noqa: BLE001 - not installed, or broken against this torch
         return f"triton is not importable ({exc})"
     return None
 
@@ -34,7 +33,7 @@ def _ops() -> ModuleType:
     return triton_ops
 
 
-def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     error = _import_error()
     if error is not None:
         return error
@@ -57,5 +56,5 @@ def coefficients(
     return _ops().coefficients(gram, weights, rho, kappa, nu, eps, stages)
 
 
-def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Optional[Tensor]) -> Tensor:
+def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     return _ops().combine(grads, coeffs, out, skip)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -54,7 +52,7 @@ def _combine_kernel(
     tl.store(out_ptr + cols * out_stride, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Optional[Tensor]) -> Tensor:
+def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     """out[d] = coeffs @ grads (fp32 accumulation, fp64 for fp64); zeros when ``skip``."""
     n, d = grads.shape
     _combine_kernel[lambda meta: (triton.cdiv(d, meta["BLOCK"]),)](
