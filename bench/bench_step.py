@@ -12,8 +12,17 @@ Methods (``--methods``; default all that can run the device):
   cuda, triton, cpu, reference
              camegrad_kernels backends through camegrad_step(..., out=, nonfinite="skip")
 
+``--method`` (comma list, default camegrad) picks the multi-task method(s)
+the backends step with (camegrad_step's ``method=``: camegrad, cagrad, mgda,
+pcgrad, linear), side by side; each row says which in ``mtl_method`` (its
+``method`` field stays the implementation: a peer or a backend). The peers are
+CAME-Grad only and run with camegrad alone. A baseline's split times its
+coefficients through ``camegrad_coefficients(method=...)``; pcgrad runs with
+``{"seed": --seed}`` so every backend and the check see one projection order.
+
 Every method is first checked against ``camegrad_kernels.reference.camegrad_step``
-(float64); one that disagrees beyond the dtype's tolerance is reported as
+(float64; for a baseline --method, its ``camegrad_kernels.methods`` coefficients
+of the float64 Gram, combined in float64); one that disagrees beyond the dtype's tolerance is reported as
 "disagrees" and not timed. Timing: warm-up, then >= --repeats runs (more while
 a run is short, up to --target-s of timing per method), median and p10/p90;
 CUDA events on a GPU, time.perf_counter on the CPU. Each (n, d, dtype) also
@@ -55,7 +64,7 @@ for _p in (str(HERE), str(ROOT)):
 import peers
 
 import camegrad_kernels as cg
-from camegrad_kernels import api, backends, ops, reference
+from camegrad_kernels import api, backends, methods, ops, reference
 
 PEERS = ("naive", "eager", "compile")
 BACKENDS = tuple(backends.PRIORITY)  # cuda, triton, cpu, reference
@@ -370,8 +379,27 @@ def backend_can_run(name: str, device: torch.device, dtype: torch.dtype) -> str 
     return module.unavailable_reason(device, dtype)
 
 
+def mtl_options(mtl_method: str, args: argparse.Namespace) -> dict:
+    """camegrad_step's method= keywords for ``--method`` entry ``mtl_method``."""
+    if mtl_method == "camegrad":
+        return {}
+    options = {"seed": args.seed} if mtl_method == "pcgrad" else None
+    return {"method": mtl_method, "method_options": options, "rho": peers.RHO}
+
+
+def baseline_reference(G: torch.Tensor, mtl_method: str, args: argparse.Namespace) -> torch.Tensor:
+    """Ground truth of a baseline method: methods.py's coefficients of the float64 Gram, c @ G."""
+    G64 = G.double()
+    options = methods.check_method(mtl_method, mtl_options(mtl_method, args)["method_options"])
+    M = G64 @ G64.T
+    w = torch.ones(G.shape[0], dtype=torch.float64, device=G.device)
+    coeffs = methods.coefficients(mtl_method, M, w, peers.RHO, options)[1]
+    return coeffs.to(torch.float64) @ G64
+
+
 def build_method(
-    name: str, G: torch.Tensor, compile_cache: CompileCache, timer: Timer, row: dict
+    name: str, G: torch.Tensor, compile_cache: CompileCache, timer: Timer, row: dict,
+    mtl: dict | None = None,
 ) -> Method:
     n, d = G.shape
     if name == "naive":
@@ -388,19 +416,25 @@ def build_method(
     out = torch.empty(d, dtype=G.dtype, device=G.device)
     return Method(
         name,
-        lambda: cg.camegrad_step(G, backend=name, out=out, nonfinite="skip"),
+        lambda: cg.camegrad_step(G, backend=name, out=out, nonfinite="skip", **(mtl or {})),
         "backend",
     )
 
 
-def split_times(name: str, G: torch.Tensor, timer: Timer, repeats: int, warmup: int, target_s: float) -> dict:
+def split_times(
+    name: str, G: torch.Tensor, timer: Timer, repeats: int, warmup: int, target_s: float,
+    mtl: dict | None = None,
+) -> dict:
     """gram / solve / combine of backend ``name`` as three separately timed public ops."""
     out = torch.empty(G.shape[1], dtype=G.dtype, device=G.device)
+    mtl = mtl or {}
     M = api.gram(G, backend=name)
-    co = api.camegrad_coefficients(M, backend=name)
+    co = api.camegrad_coefficients(M, backend=name, **mtl)
     return {
         "gram": measure(lambda: api.gram(G, backend=name), timer, repeats, warmup, target_s),
-        "solve": measure(lambda: api.camegrad_coefficients(M, backend=name), timer, repeats, warmup, target_s),
+        "solve": measure(
+            lambda: api.camegrad_coefficients(M, backend=name, **mtl), timer, repeats, warmup, target_s
+        ),
         "combine": measure(
             lambda: api.combine(G, co.coeffs, out=out, backend=name), timer, repeats, warmup, target_s
         ),
@@ -420,7 +454,12 @@ def run_config(
     timer: Timer,
     compile_cache: CompileCache,
     log: Callable[[str], None],
+    mtl_method: str = "camegrad",
 ) -> list[dict]:
+    """Rows of ``methods`` (peers, backends) stepping with multi-task method ``mtl_method``."""
+    mtl = mtl_options(mtl_method, args)
+    if mtl_method != "camegrad":
+        methods = [m for m in methods if m in BACKENDS]  # the peers are CAME-Grad only
     dtype_name = str(dtype).replace("torch.", "")
     size = G.element_size()
     bytes_step = 2 * n * d * size + d * size
@@ -449,7 +488,12 @@ def run_config(
             # "r ~ 0" threshold on the input dtype (10 sqrt(eps_bf16) = 0.88 of max ||g_i||,
             # which switches Stage 1 off in most bf16 cases), while every backend keys it on
             # the fp32 Gram (3.5e-3); fed bf16 as is, it disagrees with all of them by ~30%.
-            ref = reference.camegrad_step(G if G.dtype in (torch.float32, torch.float64) else G.float())
+            if mtl_method == "camegrad":
+                ref = reference.camegrad_step(
+                    G if G.dtype in (torch.float32, torch.float64) else G.float()
+                )
+            else:
+                ref = baseline_reference(G, mtl_method, args)
         except Exception as exc:  # noqa: BLE001
             ref_note = f"reference failed: {type(exc).__name__}: {exc}"
         base["reference_s"] = time.perf_counter() - t0
@@ -457,7 +501,8 @@ def run_config(
 
     rows = []
     for name in methods:
-        row = dict(base, method=name, label=LABELS[name], tol=tol)
+        tag = name if mtl_method == "camegrad" else f"{name}/{mtl_method}"
+        row = dict(base, method=name, mtl_method=mtl_method, label=LABELS[name], tol=tol)
         row["kind"] = "peer" if name in PEERS else "backend"
         rows.append(row)
         if name in BACKENDS:
@@ -466,21 +511,21 @@ def run_config(
                 row.update(status="unavailable", note=reason)
                 continue
         try:
-            method = build_method(name, G, compile_cache, timer, row)
+            method = build_method(name, G, compile_cache, timer, row, mtl)
             y = method.step()
             timer.sync()
         except Exception as exc:  # noqa: BLE001 - reported, not fatal
             row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
             if args.verbose:
                 traceback.print_exc()
-            log(f"  {name:>9}: ERROR {row['error'][:160]}")
+            log(f"  {tag:>9}: ERROR {row['error'][:160]}")
             continue
         if ref is not None:
             err = rel_err(y, ref)
             row["rel_err"] = err
             if not err <= tol:
                 row.update(status="disagrees", note=f"rel. L2 error {err:.2e} > tol {tol:.0e}; not timed")
-                log(f"  {name:>9}: DISAGREES rel_err={err:.2e} (tol {tol:.0e})")
+                log(f"  {tag:>9}: DISAGREES rel_err={err:.2e} (tol {tol:.0e})")
                 continue
         else:
             row["note"] = ref_note
@@ -508,9 +553,9 @@ def run_config(
         row["pct_copy_bw"] = 100.0 * row["gbps"] / copy_gbs
         row["floor_s"] = floor_s
         if name in BACKENDS and not args.no_split:
-            row["split"] = split_times(name, G, timer, args.repeats, args.warmup, args.target_s)
+            row["split"] = split_times(name, G, timer, args.repeats, args.warmup, args.target_s, mtl)
         log(
-            f"  {name:>9}: {1e3 * t['median']:9.3f} ms  [p10 {1e3 * t['p10']:.3f}, p90 {1e3 * t['p90']:.3f}, "
+            f"  {tag:>9}: {1e3 * t['median']:9.3f} ms  [p10 {1e3 * t['p10']:.3f}, p90 {1e3 * t['p90']:.3f}, "
             f"x{t['repeats']}]  {row['gbps']:6.2f} GB/s = {row['pct_copy_bw']:5.1f}% of copy"
             + (f"  err {row['rel_err']:.1e}" if "rel_err" in row else "")
             + (
@@ -684,6 +729,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-<yyyymmdd>[-quick].json)")
     p.add_argument("--compile-cache", choices=("warm", "cold"), default="warm",
                    help="cold: a fresh TORCHINDUCTOR_CACHE_DIR, so the reported compile time is a cold compile")
+    p.add_argument("--method", type=lambda s: s.split(","), default=["camegrad"],
+                   help="multi-task method(s) the backends step with, side by side: "
+                   f"some of {','.join(methods.METHODS)} (the peers run with camegrad only)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -697,6 +745,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [m for m in args.methods if m not in ALL_METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; expected some of {ALL_METHODS}")
+    bad = [m for m in args.method if m not in methods.METHODS]
+    if bad or not args.method:
+        p.error(f"--method: unknown {bad}; expected some of {methods.METHODS}")
+    args.method = list(dict.fromkeys(args.method))
     for dt in args.dtype:
         if dt not in DTYPES:
             p.error(f"--dtype: unknown {dt!r}; expected some of {sorted(DTYPES)}")
@@ -761,6 +813,7 @@ def main(argv=None) -> dict:
             "compile_cache": args.compile_cache, "naive_slsqp_ftol": peers.NAIVE_FTOL, "tolerance": {
                 "formula": f"max(base[dtype], {ACC_TOL_FACTOR:g} * sqrt(d) * eps(fp32 accumulation))",
                 "base": {str(k).replace("torch.", ""): v for k, v in BASE_TOL.items()}},
+            "mtl_methods": args.method,
             "hyper": {"rho": peers.RHO, "kappa": peers.KAPPA, "nu": peers.NU, "eps": peers.EPS},
             "bytes_formula": "2*n*d*sizeof(grad) + d*sizeof(out)",
             "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
@@ -795,7 +848,13 @@ def main(argv=None) -> dict:
             G = G32 if dtype == torch.float32 else G32.to(dtype)
             log(f"# n={n} d={d:.0e} {str(dtype).replace('torch.', '')} "
                 f"({2 * n * d * G.element_size() / 1e6:.1f} MB read per step) [{time.perf_counter() - t_start:.0f} s]")
-            rows = run_config(n, d, dtype, G, args.methods, args, timer, compile_cache, log)
+            rows = []
+            for mtl_method in args.method:
+                rows += run_config(
+                    n, d, dtype, G, args.methods, args, timer, compile_cache, log, mtl_method
+                )
+            if not rows:
+                continue
             c = rows[0]["copy"]
             log(f"  copy: {c['gbps']:.2f} GB/s ({1e3 * c['time']['median']:.3f} ms), floor "
                 f"{1e3 * rows[0]['bytes'] / c['gbps'] / 1e9:.3f} ms")

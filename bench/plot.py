@@ -74,7 +74,11 @@ def _fmt_d(d: float) -> str:
 def plot(path, out=None, n: int | None = None) -> Path:
     path = Path(path)
     data = json.loads(path.read_text())
-    rows = [r for r in data["rows"] if r.get("status") == "ok"]
+    # CAME-Grad rows only (a --method baseline's rows share the implementation names)
+    rows = [
+        r for r in data["rows"]
+        if r.get("status") == "ok" and r.get("mtl_method", "camegrad") == "camegrad"
+    ]
     if not rows:
         raise ValueError(f"{path}: no timed rows")
     dtypes = sorted({r["dtype"] for r in rows}, key=lambda s: (s != "float32", s))

@@ -52,7 +52,7 @@ def cell(row) -> str:
 
 
 def table(data: dict, ns=None, dtypes=None, cold: dict | None = None) -> str:
-    rows = data["rows"]
+    rows = [r for r in data["rows"] if r.get("mtl_method", "camegrad") == "camegrad"]
     configs = []
     for r in rows:
         key = (r["dtype"], r["n"], r["d"])

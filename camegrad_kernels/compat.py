@@ -43,6 +43,9 @@ class CAME_Grad:  # the paper repository's name
         rho, kappa, nu: the paper's hyperparameters (defaults: paper Sec. 4.3).
         shared_params: the shared parameters, or None to detect them at the
             first step (see the module doc).
+        method, method_options: the multi-task method, as
+            :func:`camegrad_kernels.camegrad_step` ("camegrad" default; the
+            baselines "cagrad", "mgda", "pcgrad", "linear"); validated here.
         **options: further :class:`~camegrad_kernels.trainer.CAMEGrad`
             arguments (``eps``, ``stages``, ``backend``, ``nonfinite``, ``timing``).
 
@@ -58,6 +61,8 @@ class CAME_Grad:  # the paper repository's name
         kappa: float = 1.5,
         nu: float = 0.2,
         shared_params: Iterable[Tensor] | None = None,
+        method: str = "camegrad",
+        method_options: dict | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -65,7 +70,10 @@ class CAME_Grad:  # the paper repository's name
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.optimizer = optimizer
-        self._hyper: dict[str, Any] = {"rho": rho, "kappa": kappa, "nu": nu, **options}
+        self._hyper: dict[str, Any] = {
+            "rho": rho, "kappa": kappa, "nu": nu, "method": method,
+            "method_options": method_options, **options,
+        }
         self.camegrad: CAMEGrad | None = None
         if shared_params is not None:
             self.camegrad = CAMEGrad(shared_params, **self._hyper)

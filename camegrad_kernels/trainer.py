@@ -73,7 +73,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from . import api
+from . import api, methods
 from .api import DEFAULT_STAGES, StepInfo
 
 __all__ = ["CAMEGrad", "TrainStepInfo"]
@@ -178,6 +178,10 @@ class CAMEGrad:
             "skip" (zero update, ``info.skipped`` set) or "propagate" (NaN update,
             ``info.skipped`` set: for GradScaler). The last two do not sync.
         timing: synchronise and time the phases into ``self.timings``.
+        method, method_options: as :func:`camegrad_kernels.camegrad_step`
+            ("camegrad" default; "cagrad", "mgda", "pcgrad", "linear" solve the
+            baselines of :mod:`camegrad_kernels.methods` on the same Gram; they
+            read ``rho`` and the weights only). Validated here, at construction.
     """
 
     def __init__(
@@ -193,8 +197,11 @@ class CAMEGrad:
         backend: str = "auto",
         nonfinite: str = "raise",
         timing: bool = False,
+        method: str = "camegrad",
+        method_options: dict | None = None,
     ) -> None:
         self.params = _shared_list(shared_params)
+        options = methods.check_method(method, method_options)  # camegrad_step's own check
         api._check_hyper(rho, kappa, nu, eps)
         api.stage_mask(stages)
         api._check_backend_name(backend)
@@ -204,6 +211,8 @@ class CAMEGrad:
         self.stages = tuple(stages)
         self.backend = backend
         self.nonfinite = nonfinite
+        self.method = method
+        self.method_options = options
         self.timing = bool(timing)
         self.timings: dict[str, float] = {}
 
@@ -424,6 +433,8 @@ class CAMEGrad:
             "eps": self.eps,
             "stages": self.stages,
             "backend": self.backend,
+            "method": self.method,
+            "method_options": self.method_options,
         }
 
     def _timed_step(self, nonfinite: str, t0: float) -> StepInfo:
@@ -454,5 +465,5 @@ class CAMEGrad:
             f"CAMEGrad(params={len(self.params)}, d={self.numel}, dtype={self.dtype}, "
             f"device={self.device}, n={self.n}, weights={self.weights}, rho={self.rho}, "
             f"kappa={self.kappa}, nu={self.nu}, eps={self.eps}, stages={self.stages}, "
-            f"backend={self.backend!r}, nonfinite={self.nonfinite!r})"
+            f"backend={self.backend!r}, nonfinite={self.nonfinite!r}, method={self.method!r})"
         )

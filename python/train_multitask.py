@@ -8,6 +8,11 @@ from the same seed, data stream and initialisation, once with linear
 scalarization and once with CAME-Grad, each through
 ``camegrad_kernels.trainer.CAMEGrad`` (the baseline uses ``stages=()``, whose
 update is exactly sum_i w_i g_i) and AdamW with a cosine LR schedule.
+``--method`` picks the second run's method (default camegrad; or one of the
+baselines cagrad / mgda / pcgrad / linear of ``camegrad_kernels.methods``, run
+through ``CAMEGrad(method=...)``); the run is named after it in metrics.json
+and the plots ("linear-method" for ``--method linear``, which is the same
+update as the stages=() baseline, computed by methods.py).
 
 Data (deterministic, generated on the fly from --seed): each sample has C
 latent findings (present / absent), each with a severity (mild / severe) and a
@@ -29,6 +34,7 @@ camegrad_step).
 
     python python/train_multitask.py                  # ~1 min on 2 CPU cores (500 steps x 2 runs)
     python python/train_multitask.py --steps 3 --out /tmp/runs --name smoke
+    python python/train_multitask.py --method pcgrad  # linear vs PCGrad
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from camegrad_kernels.methods import METHODS
 from camegrad_kernels.trainer import CAMEGrad
 
 # --------------------------------------------------------------------------- data
@@ -222,14 +229,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(args: argparse.Namespace, method: str, data: SyntheticRRG, val: dict) -> dict:
-    """One run; ``method`` is "linear" (stages=()) or "camegrad"."""
+def run_name(method: str) -> str:
+    """The name of the run of ``--method`` (the baseline run is "linear")."""
+    return "linear-method" if method == "linear" else method
+
+
+def train(args: argparse.Namespace, run: str, data: SyntheticRRG, val: dict) -> dict:
+    """One run; ``run`` is "linear" (the baseline: stages=()) or :func:`run_name` of a method."""
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = MultiTaskRRG(data.vocab, data.C, args.tasks).to(device)
     n = args.tasks + 1
     weights = args.weights if args.weights is not None else None
-    stages = () if method == "linear" else ("rectify", "rescale", "fuse")
+    stages = () if run == "linear" else ("rectify", "rescale", "fuse")
+    method = "camegrad" if run == "linear" else args.method
     cg = CAMEGrad(
         model.encoder.parameters(),
         weights,
@@ -239,6 +252,7 @@ def train(args: argparse.Namespace, method: str, data: SyntheticRRG, val: dict) 
         stages=stages,
         backend=args.backend,
         timing=True,
+        method=method,
     )
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -324,8 +338,22 @@ def train(args: argparse.Namespace, method: str, data: SyntheticRRG, val: dict) 
 
 # --------------------------------------------------------------------------- plots
 
-COLORS = {"linear": "tab:blue", "camegrad": "tab:orange"}
-LABELS = {"linear": "linear scalarization", "camegrad": "CAME-Grad"}
+COLORS = {
+    "linear": "tab:blue",
+    "camegrad": "tab:orange",
+    "cagrad": "tab:green",
+    "mgda": "tab:red",
+    "pcgrad": "tab:purple",
+    "linear-method": "tab:cyan",
+}
+LABELS = {
+    "linear": "linear scalarization",
+    "camegrad": "CAME-Grad",
+    "cagrad": "CAGrad",
+    "mgda": "MGDA",
+    "pcgrad": "PCGrad",
+    "linear-method": "linear (method=)",
+}
 
 
 def ema(values: Sequence[float], beta: float = 0.9) -> list[float]:
@@ -471,6 +499,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rho", type=float, default=0.5)
     p.add_argument("--kappa", type=float, default=1.5)
+    p.add_argument(
+        "--method",
+        default="camegrad",
+        choices=list(METHODS),
+        help="the second run's method (the first is the linear-scalarization baseline); "
+        "cagrad reads --rho as its c",
+    )
     p.add_argument("--nu", type=float, default=0.2)
     p.add_argument(
         "--weights",
@@ -521,7 +556,7 @@ def _main(args: argparse.Namespace) -> dict:
     val = data.batch(-1, 512, device)  # a fixed validation set (index -1: never a training batch)
 
     t0 = time.perf_counter()
-    runs = {method: train(args, method, data, val) for method in ("linear", "camegrad")}
+    runs = {run: train(args, run, data, val) for run in ("linear", run_name(args.method))}
     total = time.perf_counter() - t0
 
     names = task_names(args.tasks)

@@ -370,6 +370,29 @@ def test_came_grad_validation():
         opt.step(list(model(*_batch(1))), task_weights=[1.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize("method,options", [("pcgrad", {"seed": 5}), ("mgda", None), ("cagrad", None)])
+def test_came_grad_wrapper_passes_method(method, options):
+    torch.manual_seed(0)
+    model = TwoTask().double()
+    opt = ck.CAME_Grad(
+        torch.optim.SGD(model.parameters(), lr=0.05), rho=0.3,
+        shared_params=model.encoder.parameters(), method=method, method_options=options,
+    )
+    assert opt.camegrad.method == method
+    batch = tuple(t.double() if t.is_floating_point() else t for t in _batch(0))
+    info = opt.step(list(model(*batch)), task_weights=[1.0, 0.5])
+    expected = ck.camegrad_step(
+        opt.camegrad.grads, [1.0, 0.5], rho=0.3, method=method, method_options=options,
+        backend=opt.camegrad.backend, return_info=True,
+    )[1]
+    torch.testing.assert_close(info.coeffs, expected.coeffs)
+    with pytest.raises(ValueError, match="method"):
+        ck.CAME_Grad(torch.optim.SGD(model.parameters(), lr=0.1), method="nash")
+    with pytest.raises(ValueError, match="method_options"):
+        ck.CAME_Grad(torch.optim.SGD(model.parameters(), lr=0.1), method="linear",
+                     method_options={"seed": 1})
+
+
 # --------------------------------------------------------------------------- presets
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import camegrad_kernels as ck
 from camegrad_kernels import backends, reference
 from camegrad_kernels.trainer import CAMEGrad, TrainStepInfo
 
@@ -387,6 +388,55 @@ def test_timing_mode_matches_fused_step():
     torch.testing.assert_close(flat_grad(shared(model)), flat_grad(shared(twin)))
     torch.testing.assert_close(info_t.coeffs, info.coeffs)
     assert info_t.backend == "reference"
+
+
+_METHOD_CASES = [
+    ("pcgrad", {"seed": 3}),
+    ("pcgrad", {"seed": 3, "reduction": "mean"}),
+    ("mgda", None),
+    ("mgda", {"normalization": "l2"}),
+    ("cagrad", None),
+    ("cagrad", {"rescale": 2}),
+    ("linear", None),
+]
+
+
+@pytest.mark.parametrize("timing", [False, True])
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+@pytest.mark.parametrize("method,options", _METHOD_CASES)
+def test_method_update_matches_camegrad_step(method, options, weights, timing):
+    model = make(dtype=torch.float64)
+    x, y = batch(dtype=torch.float64)
+    G, _, _ = slow_task_grads(model, x, y)
+    cg = CAMEGrad(
+        model.trunk.parameters(), weights, rho=0.4, backend="reference",
+        method=method, method_options=options, timing=timing,
+    )
+    info = cg.backward(model.losses(x, y))
+    expected, ref_info = ck.camegrad_step(
+        G, weights, rho=0.4, backend="reference", method=method, method_options=options,
+        return_info=True,
+    )
+    torch.testing.assert_close(flat_grad(shared(model)), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(info.coeffs, ref_info.coeffs, rtol=1e-10, atol=1e-12)
+    assert cg.method == method and f"method={method!r}" in repr(cg)
+    if method != "linear":  # linear: the same update as CAME-Grad with stages=()
+        plain = ck.camegrad_step(G, weights, rho=0.4, backend="reference")
+        assert not torch.allclose(expected, plain)
+
+
+def test_method_validated_at_construction():
+    model = make()
+    with pytest.raises(ValueError, match="method"):
+        CAMEGrad(model.trunk.parameters(), method="nash")
+    with pytest.raises(ValueError, match="method_options"):
+        CAMEGrad(model.trunk.parameters(), method="mgda", method_options={"rescale": 1})
+    with pytest.raises(TypeError, match="method_options"):
+        CAMEGrad(model.trunk.parameters(), method="pcgrad", method_options=[("seed", 1)])
+    with pytest.raises(ValueError, match="normalization"):
+        CAMEGrad(model.trunk.parameters(), method="mgda", method_options={"normalization": "x"})
+    cg = CAMEGrad(model.trunk.parameters(), method="pcgrad")
+    assert cg.method_options == {"seed": None, "reduction": "sum"}  # defaults filled in
 
 
 # --------------------------------------------------------------------------- errors
