@@ -190,7 +190,10 @@ def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.d
         raise ValueError(f"weights: expected values >= 0, got {host.tolist()}")
     if host.sum() <= 0:
         raise ValueError("weights: expected a positive sum, got all zeros")
-    return host.to(device=device, dtype=dtype)
+    host = host.to(dtype)
+    if device.type == "cuda":  # a pinned, non-blocking upload does not sync the host
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def _check_out(out: Tensor | None, grads: Tensor) -> Tensor:
@@ -295,7 +298,10 @@ def _raise_on_nonfinite(gram: Tensor) -> None:
         return
     bad = [i for i, ok in enumerate(torch.diagonal(finite).tolist()) if not ok]
     if bad:
-        raise ValueError(f"grads: task gradient(s) {bad} hold NaN or Inf values")
+        raise ValueError(
+            f"grads: task gradient(s) {bad} hold NaN or Inf values "
+            f"(or values too large for the {gram.dtype} Gram matrix)"
+        )
     raise ValueError("grads: the Gram matrix overflowed (gradients too large for its dtype)")
 
 

@@ -70,6 +70,10 @@ class CAME_Grad:  # the paper repository's name
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.optimizer = optimizer
+        # Constructor weights are the default of every step(..., task_weights=None).
+        self._default_weights = options.pop("weights", None)
+        if "stages" in options and not isinstance(options["stages"], str):
+            options["stages"] = tuple(options["stages"])  # used twice: no one-shot iterators
         self._hyper: dict[str, Any] = {
             "rho": rho, "kappa": kappa, "nu": nu, "method": method,
             "method_options": method_options, **options,
@@ -132,8 +136,8 @@ class CAME_Grad:  # the paper repository's name
     ) -> TrainStepInfo:
         """zero_grad, per-task backwards, CAME-Grad update of the shared parameters, step.
 
-        ``task_weights``: n weights (w_i >= 0, positive sum; default all ones),
-        may change from call to call. Returns the step's TrainStepInfo.
+        ``task_weights``: n weights (w_i >= 0, positive sum; default: the
+        constructor's ``weights``, else all ones), may change from call to call. Returns the step's TrainStepInfo.
         """
         items = list(losses.unbind(0)) if isinstance(losses, Tensor) and losses.dim() == 1 else losses
         items = list(items)
@@ -143,11 +147,9 @@ class CAME_Grad:  # the paper repository's name
                     raise ValueError(f"losses[{i}]: expected a scalar tensor with an autograd graph")
             self.camegrad = CAMEGrad(self._detect_shared(items), **self._hyper)
         cg = self.camegrad
-        if task_weights is None:
-            if cg.weights is not None:
-                cg.set_weights(None)
-        else:
-            cg.set_weights(task_weights)
+        weights = self._default_weights if task_weights is None else task_weights
+        if weights is not None or cg.weights is not None:
+            cg.set_weights(weights)
         self.optimizer.zero_grad(set_to_none=True)
         info = cg.backward(items)
         self.optimizer.step()

@@ -79,7 +79,10 @@ def camegrad_step(
         max_norm = g.norm(dim=1).max()
         # r is compared at the precision of the Gram matrix the fast paths form.
         well_posed = r > solver.relative_tolerance(_accumulate_dtype(grads.dtype)) * max_norm
-        if well_posed and gap > REFERENCE_GAP:  # the certificate needs r > 0
+        # The certificate needs r > 0; rank-deficient Grams are degenerate duals
+        # that the fixed-work solver may not close (README, Limits).
+        full_rank = torch.linalg.matrix_rank(g @ g.T, hermitian=True) == n
+        if well_posed and full_rank and gap > REFERENCE_GAP:
             raise RuntimeError(f"reference dual solver stopped at gap {gap.item():.3e}")
         if well_posed:
             u_rect = mu + (rho * mu.norm() / r) * g_alpha
@@ -94,7 +97,8 @@ def camegrad_step(
     # Stage 2: magnitude-enhanced energy injection (Eq. 11-12).
     if "rescale" in use:
         tau = kappa * g_joint.norm()
-        u_en = u_rect * (tau / (u_rect.norm() + eps))
+        denom = u_rect.norm() + eps
+        u_en = u_rect * (tau / denom) if denom > 0 else torch.zeros_like(u_rect)
         joint = kappa * g_joint
     else:
         u_en = u_rect

@@ -251,7 +251,9 @@ def camegrad_coefficients(
 
     if stages & RESCALE:
         tau = kappa * torch.sqrt((w @ (M @ w)).clamp_min(0.0))
-        a_en = a_u * (tau / (torch.sqrt((a_u @ (M @ a_u)).clamp_min(0.0)) + eps))
+        denom = torch.sqrt((a_u @ (M @ a_u)).clamp_min(0.0)) + eps
+        # u = 0 with eps = 0 stays 0 (the eps -> 0 limit), not 0/0.
+        a_en = a_u * torch.where(denom > 0, tau / denom.clamp_min(tiny), torch.zeros_like(denom))
         joint = kappa * w
     else:
         a_en = a_u

@@ -203,12 +203,15 @@ class CAMEGrad:
         self.params = _shared_list(shared_params)
         options = methods.check_method(method, method_options)  # camegrad_step's own check
         api._check_hyper(rho, kappa, nu, eps)
+        if isinstance(stages, str):
+            api.stage_mask(stages)  # raises the clear TypeError
+        stages = tuple(stages)  # an iterator must not be used up by the check
         api.stage_mask(stages)
         api._check_backend_name(backend)
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite: expected one of {_NONFINITE}, got {nonfinite!r}")
         self.rho, self.kappa, self.nu, self.eps = rho, kappa, nu, eps
-        self.stages = tuple(stages)
+        self.stages = stages
         self.backend = backend
         self.nonfinite = nonfinite
         self.method = method

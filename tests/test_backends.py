@@ -121,3 +121,12 @@ def test_skip_and_raise_on_nonfinite(backend):
     assert bool(info.skipped) and torch.equal(out.cpu(), torch.zeros(g.shape[1]))
     with pytest.raises(ValueError, match=r"\[1\]"):
         _step(g, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eps_zero_with_zero_mean_is_zero_not_nan(backend):
+    g = torch.tensor([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]], dtype=torch.float64)
+    out, info = _step(g, backend, eps=0.0, nonfinite="skip")
+    assert torch.equal(out.cpu(), torch.zeros(3, dtype=torch.float64))
+    assert not bool(info.skipped)
+    assert torch.equal(reference.camegrad_step(g, eps=0.0), torch.zeros(3, dtype=torch.float64))

@@ -321,6 +321,27 @@ def test_came_grad_wrapper_matches_manual_step(explicit_shared):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+def test_came_grad_constructor_weights_are_the_default():
+    torch.manual_seed(0)
+    model = TwoTask().double()
+    twin = copy.deepcopy(model)
+    hyper = {"rho": 0.5, "kappa": 1.5, "nu": 0.2}
+    opt = ck.CAME_Grad(
+        torch.optim.SGD(model.parameters(), lr=0.05), **hyper,
+        shared_params=model.encoder.parameters(), weights=[1.0, 0.25], stages=iter(ck.api.DEFAULT_STAGES),
+    )
+    batch = tuple(t.double() if t.is_floating_point() else t for t in _batch(0))
+    opt.step(list(model(*batch)))  # no task_weights: the constructor's apply
+    _manual_step(twin, batch, [1.0, 0.25], 0.05, hyper)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_camegrad_accepts_a_one_shot_stages_iterator():
+    cg = ck.CAMEGrad([torch.nn.Parameter(torch.randn(3))], stages=(s for s in ["rectify"]))
+    assert cg.stages == ("rectify",)
+
+
 def test_came_grad_detects_shared_params():
     torch.manual_seed(0)
     model = TwoTask()

@@ -279,7 +279,9 @@ def _coefficients_kernel(
 
     if RESCALE:
         tau = kappa * _norm_of(M, w)
-        a_en = a_u * (tau / (_norm_of(M, a_u) + eps))
+        denom = _norm_of(M, a_u) + eps
+        # u = 0 with eps = 0 stays 0 (the eps -> 0 limit), not 0/0.
+        a_en = a_u * tl.where(denom > 0, tau / tl.maximum(denom, TINY, KEEP_NAN), 0.0)
         joint = kappa * w
     else:
         a_en = a_u

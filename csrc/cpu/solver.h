@@ -360,7 +360,8 @@ CAMEGRAD_HD void camegrad_coefficients(const double* M_in, const double* w, int 
   double joint_scale = 1.0;  // the fused joint term is kappa*w with Stage 2, w without
   if (prm.stages & RESCALE) {
     const double tau = prm.kappa * quad_norm(M, w, Ma, n);
-    const double factor = tau / (quad_norm(M, a_u, Ma, n) + prm.eps);
+    const double denom = quad_norm(M, a_u, Ma, n) + prm.eps;
+    const double factor = denom > 0.0 ? tau / denom : 0.0;  // u = 0, eps = 0: keep 0, not 0/0
     for (int i = 0; i < n; ++i) a_u[i] *= factor;
     joint_scale = prm.kappa;
   }

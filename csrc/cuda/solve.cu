@@ -426,7 +426,8 @@ __global__ void __launch_bounds__(32 * W)
   if (stages & sv::RESCALE) {
     const double tau = kappa * sqrt(clamp_min(S.team.sum(wi * S.matvec(S.wk, wi)), 0.0));
     const double norm_u = sqrt(clamp_min(S.team.sum(a_u * S.matvec(S.wk, a_u)), 0.0));
-    a_en = a_u * (tau / (norm_u + eps));
+    const double denom = norm_u + eps;
+    a_en = denom > 0.0 ? a_u * (tau / denom) : 0.0;  // u = 0, eps = 0: keep 0, not 0/0
     joint = kappa * wi;
   }
   const double fuse = (stages & sv::FUSE) ? nu : 0.0;
