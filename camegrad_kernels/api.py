@@ -172,7 +172,7 @@ def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.d
     if weights is None:
         return torch.ones(n, dtype=dtype, device=device)
     if isinstance(weights, Tensor):
-        if weights.is_complex() or not weights.is_floating_point() and weights.dtype == torch.bool:
+        if weights.is_complex() or weights.dtype == torch.bool:
             raise TypeError(f"weights: expected real numbers, got dtype {weights.dtype}")
         if weights.device.type != "cpu" and weights.device != device:
             raise ValueError(f"weights: expected a tensor on {device} or the CPU, got {weights.device}")

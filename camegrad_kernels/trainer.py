@@ -283,7 +283,7 @@ class CAMEGrad:
         # All-ones weights are passed as None: camegrad_step then copies nothing to the device.
         uniform = parsed is None or all(w == 1.0 for w in parsed)
         self._weights_host = None if uniform else torch.tensor(parsed, dtype=torch.float64)
-        self._needs_hooks = parsed is not None and any(w != 1.0 for w in parsed)
+        self._needs_hooks = not uniform
 
     # ------------------------------------------------------------------ helpers
 
