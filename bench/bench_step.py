@@ -393,7 +393,7 @@ def baseline_reference(G: torch.Tensor, mtl_method: str, args: argparse.Namespac
     options = methods.check_method(mtl_method, mtl_options(mtl_method, args)["method_options"])
     M = G64 @ G64.T
     w = torch.ones(G.shape[0], dtype=torch.float64, device=G.device)
-    coeffs = methods.coefficients(mtl_method, M, w, peers.RHO, options)[1]
+    coeffs = methods.coefficients(backends.load("reference"), mtl_method, M, w, peers.RHO, options)[1]
     return coeffs.to(torch.float64) @ G64
 
 

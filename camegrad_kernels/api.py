@@ -190,10 +190,7 @@ def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.d
         raise ValueError(f"weights: expected values >= 0, got {host.tolist()}")
     if host.sum() <= 0:
         raise ValueError("weights: expected a positive sum, got all zeros")
-    host = host.to(dtype)
-    if device.type == "cuda":  # a pinned, non-blocking upload does not sync the host
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    return backends.upload(host.to(dtype), device)
 
 
 def _check_out(out: Tensor | None, grads: Tensor) -> Tensor:
@@ -288,7 +285,7 @@ def _solve(
     if method == "camegrad":
         return module.coefficients(gram, *solve_args)
     w, rho = solve_args[0], solve_args[1]
-    return methods.coefficients(method, gram, w.to(gram.dtype), rho, options or {})
+    return methods.coefficients(module, method, gram, w.to(gram.dtype), rho, options or {})
 
 
 def _raise_on_nonfinite(gram: Tensor) -> None:

@@ -40,7 +40,8 @@ Methods (the ``method=`` of :func:`camegrad_kernels.camegrad_step`):
   default). Each g_i' is held as a coefficient vector a_i (``<g_i', g_j> =
   (M a_i)_j``); all tasks project in parallel, one step per position of their
   orders (n steps, each O(n^3) on n x n numbers). The orders are an [n, n]
-  integer tensor made on the host by :func:`pcgrad_order` from an integer seed.
+  integer tensor made on the host by :func:`pcgrad_order` from an integer seed
+  (an entry outside [0, n) or equal to its row is skipped).
   alpha and gap are NaN.
 * ``"linear"``: linear scalarization, ``coeffs = w``. alpha and gap are NaN.
 """
@@ -48,11 +49,12 @@ Methods (the ``method=`` of :func:`camegrad_kernels.camegrad_step`):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from . import solver
+from . import backends, solver
 
 METHODS = ("camegrad", "cagrad", "mgda", "pcgrad", "linear")
 # The method_options each method accepts, with their defaults.
@@ -191,15 +193,17 @@ def pcgrad_coefficients(
     finite, Mw, w, nan, out_dtype = _prepare(M, w)
     n = Mw.shape[0]
     tiny = torch.finfo(Mw.dtype).tiny
-    order = order.to(Mw.device, non_blocking=True)
     rows = torch.arange(n, device=Mw.device)
     A = torch.eye(n, dtype=Mw.dtype, device=Mw.device)  # row i: coefficients of g_i'
     sq = torch.diagonal(Mw)
+    order = order.to(Mw.device)
     for k in range(n):
         j = order[:, k]  # the task each i projects against at this step
+        valid = (j >= 0) & (j < n) & (j != rows)
+        j = j.clamp(0, n - 1)  # an invalid entry reads a real task, then is ignored
         dots = (A @ Mw)[rows, j]  # <g_i', g_j>
         norm2 = sq[j]
-        project = (dots < 0) & (j != rows) & (norm2 > 0)
+        project = (dots < 0) & valid & (norm2 > 0)
         step = torch.where(project, dots / norm2.clamp_min(tiny), torch.zeros_like(dots))
         A = A - step[:, None] * torch.nn.functional.one_hot(j, n).to(A.dtype)
     coeffs = A.sum(dim=0)
@@ -209,16 +213,22 @@ def pcgrad_coefficients(
 
 
 def coefficients(
-    method: str, M: Tensor, w: Tensor, rho: float, options: Mapping[str, object]
+    backend: ModuleType, method: str, M: Tensor, w: Tensor, rho: float, options: Mapping[str, object]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Dispatch on ``method`` (not "camegrad"); ``options`` from :func:`check_method`."""
+    """Solve ``method`` (not "camegrad") with ``backend``'s native solver.
+
+    ``backend`` is a module of :mod:`camegrad_kernels.backends`; ``options`` come
+    from :func:`check_method`. Linear scalarization solves nothing: it runs here.
+    """
     if method == "linear":
         return linear_coefficients(M, w)
     if method == "cagrad":
-        return cagrad_coefficients(M, w, rho, int(options["rescale"]))  # type: ignore[arg-type]
+        return backend.cagrad_coefficients(M, w, rho, int(options["rescale"]))  # type: ignore[arg-type]
     if method == "mgda":
-        return mgda_coefficients(M, w, str(options["normalization"]))
+        return backend.mgda_coefficients(M, w, str(options["normalization"]))
     if method == "pcgrad":
         order = pcgrad_order(M.shape[0], options["seed"])  # type: ignore[arg-type]
-        return pcgrad_coefficients(M, w, order, str(options["reduction"]))
+        return backend.pcgrad_coefficients(
+            M, w, backends.upload(order, M.device), str(options["reduction"])
+        )
     raise ValueError(f"method: expected one of {METHODS[1:]}, got {method!r}")

@@ -41,10 +41,7 @@ if HAS_CPU_OPS:
         n = grads.shape[0]
         return grads.new_empty((n, n), dtype=_acc(grads.dtype))
 
-    @torch.library.register_fake("camegrad::coefficients")
-    def _coefficients_fake(
-        gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _solve_fake(gram: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n = gram.shape[0]
         return (
             gram.new_empty((n,)),
@@ -52,6 +49,30 @@ if HAS_CPU_OPS:
             gram.new_empty(()),
             gram.new_empty((), dtype=torch.bool),
         )
+
+    @torch.library.register_fake("camegrad::coefficients")
+    def _coefficients_fake(
+        gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _solve_fake(gram)
+
+    @torch.library.register_fake("camegrad::cagrad_coefficients")
+    def _cagrad_fake(
+        gram: Tensor, weights: Tensor, rho: float, rescale: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _solve_fake(gram)
+
+    @torch.library.register_fake("camegrad::mgda_coefficients")
+    def _mgda_fake(
+        gram: Tensor, weights: Tensor, normalization: str
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _solve_fake(gram)
+
+    @torch.library.register_fake("camegrad::pcgrad_coefficients")
+    def _pcgrad_fake(
+        gram: Tensor, weights: Tensor, order: Tensor, reduction: str
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _solve_fake(gram)
 
     @torch.library.register_fake("camegrad::combine")
     def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Tensor | None = None) -> Tensor:

@@ -18,6 +18,16 @@ TORCH_LIBRARY(camegrad, m) {
       "int stages) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("combine(Tensor grads, Tensor coeffs, Tensor? skip=None) -> Tensor");
   m.def("combine_out(Tensor grads, Tensor coeffs, Tensor? skip, Tensor(a!) out) -> ()");
+  // The baselines of camegrad_kernels/methods.py (same results, same returns).
+  m.def(
+      "cagrad_coefficients(Tensor gram, Tensor weights, float rho, int rescale) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "mgda_coefficients(Tensor gram, Tensor weights, str normalization) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "pcgrad_coefficients(Tensor gram, Tensor weights, Tensor order, str reduction) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "step(Tensor grads, Tensor weights, float rho, float kappa, float nu, float eps, int stages) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -196,6 +196,35 @@ def test_opcheck():
         (C.combine.default, (g, c, torch.tensor(False))),
         (C.combine_out.default, (g, c, None, torch.empty(d))),
         (C.step.default, (g, w, *hyper)),
+        (C.cagrad_coefficients.default, (M, w, 0.4, 1)),
+        (C.mgda_coefficients.default, (M, w, "l2")),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+    # PCGrad's alpha and gap are NaN by contract, and the AOT test compares
+    # outputs without equal_nan: it runs every other check.
+    order = torch.tensor([[1, 2, 0], [0, 2, 1], [1, 0, 2]])
+    torch.library.opcheck(
+        C.pcgrad_coefficients.default,
+        (M, w, order, "mean"),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda M, w, o: C.cagrad_coefficients(M, w, 0.5, 3), "rescale 0, 1 or 2"),
+        (lambda M, w, o: C.mgda_coefficients(M, w, "l1"), "normalization 'none' or 'l2'"),
+        (lambda M, w, o: C.pcgrad_coefficients(M, w, o, "max"), "reduction 'sum' or 'mean'"),
+        (lambda M, w, o: C.pcgrad_coefficients(M, w, o.int(), "sum"), "int64 CPU order"),
+        (lambda M, w, o: C.pcgrad_coefficients(M, w, o[:2], "sum"), "int64 CPU order"),
+        (lambda M, w, o: C.mgda_coefficients(M[:2], w, "none"), "square gram"),
+        (lambda M, w, o: C.cagrad_coefficients(M, w[:2], 0.5, 1), "weights"),
+        (lambda M, w, o: C.mgda_coefficients(M.half(), w.half(), "none"), "float32 or float64"),
+    ],
+)
+def test_method_ops_reject_bad_input(call, match):
+    M = R.gram(make_grads("random", 3, 10, torch.float64))
+    with pytest.raises(RuntimeError, match=match):
+        call(M, weights(3, torch.float64), torch.zeros(3, 3, dtype=torch.int64))

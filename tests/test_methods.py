@@ -10,7 +10,7 @@ import torch
 from helpers import make_grads, slsqp_dual
 
 import camegrad_kernels as ck
-from camegrad_kernels import methods
+from camegrad_kernels import backends, methods
 
 F64 = torch.float64
 KINDS = ("random", "conflicting", "correlated", "collinear", "opposing")
@@ -171,7 +171,7 @@ def _expected(method: str, G: torch.Tensor, w: list[float], rho: float, options:
     M = g @ g.T
     wt = torch.tensor(w, dtype=F64)
     opts = methods.check_method(method, options)
-    _, c, _, _ = methods.coefficients(method, M, wt, rho, opts)
+    _, c, _, _ = methods.coefficients(backends.load("reference"), method, M, wt, rho, opts)
     return c @ g
 
 
@@ -445,3 +445,76 @@ def test_camegrad_preset():
         ck.CAMEGrad.preset("wcl", enc, dataset="chexpert")
     ck.presets.preset("wcl")["nu"] = 0.0  # a copy: the table is untouched
     assert ck.PRESETS["mimic-cxr"]["wcl"]["nu"] == 0.9
+
+
+# --------------------------------------------------------------------------- native solvers
+
+NATIVE = [name for name in ck.available_backends() if name != "reference"]
+KINDS = ["random", "conflicting", "collinear", "opposing", "zero"]
+
+
+def _native_cases(n: int, kind: str, dtype: torch.dtype, seed: int):
+    """(name, args) of the three baseline solves on one Gram, every option."""
+    M = make_grads(kind, n, 6 if kind == "random" else 40, F64, seed=seed)
+    M = (M @ M.T).to(dtype)
+    w = (torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.2).to(dtype)
+    order = methods.pcgrad_order(n, seed)
+    return [
+        *[("cagrad_coefficients", (M, w, 0.4, r)) for r in (0, 1, 2)],
+        *[("mgda_coefficients", (M, w, nz)) for nz in ("none", "l2")],
+        *[("pcgrad_coefficients", (M, w, order, red)) for red in ("sum", "mean")],
+    ]
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("n,kind", [(1, "random"), (3, "conflicting"), (5, "random")]
+                         + [(4, kind) for kind in KINDS])
+def test_native_solvers_match_methods(backend, n, kind):
+    """Each backend's native baseline solvers against methods.py (float64, all options)."""
+    if backend == "triton" and n == 4 and kind != "conflicting":
+        pytest.skip("the Triton interpreter is slow: its geometries run in tests/test_triton.py")
+    module = backends.load(backend)
+    unique = kind in ("random", "conflicting")  # full rank: alpha is unique
+    for dtype, tol in ((F64, 1e-9), (torch.float32, 1e-5)):
+        for name, args in _native_cases(n, kind, dtype, seed=n):
+            got = getattr(module, name)(*args)
+            want = getattr(methods, name)(*args)
+            assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool], name
+            for a, b in zip(got, want):
+                assert torch.equal(a.isnan(), b.isnan()), (name, a, b)
+            alpha, coeffs, gap = (t.nan_to_num().double() for t in got[:3])
+            alpha_w, coeffs_w, gap_w = (t.nan_to_num().double() for t in want[:3])
+            # The updates c @ G agree, in the Gram's norm (a singular Gram leaves
+            # alpha, and so c, free along its null space).
+            M = args[0].double()
+            diff = coeffs - coeffs_w
+            scale = float(torch.sqrt(torch.diagonal(M).max())) * (1 + float(coeffs_w.abs().sum()))
+            assert float(torch.sqrt((diff @ M @ diff).clamp_min(0))) <= tol * max(scale, 1e-300), (
+                name, args[2:], coeffs, coeffs_w,
+            )
+            if unique:
+                assert float((alpha - alpha_w).abs().max()) <= tol, (name, alpha, alpha_w)
+                assert float((coeffs - coeffs_w).abs().max()) <= tol * max(
+                    1.0, float(coeffs_w.abs().max())
+                ), (name, args[2:], coeffs, coeffs_w)
+            assert abs(float(gap) - float(gap_w)) <= max(tol, 1e-6), (name, gap, gap_w)
+            assert not bool(got[3])
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_native_solvers_nonfinite_and_bad_order(backend):
+    module = backends.load(backend)
+    M = make_grads("random", 3, 10, F64)
+    M = M @ M.T
+    w = torch.ones(3, dtype=F64)
+    bad = M.clone()
+    bad[0, 2] = float("inf")
+    for name, args in _native_cases(3, "random", F64, seed=0):
+        alpha, coeffs, gap, skipped = getattr(module, name)(bad, *args[1:])
+        assert bool(skipped) and torch.equal(coeffs, torch.zeros(3, dtype=F64)), name
+        assert alpha.isnan().all() and gap.isnan(), name
+    # Out-of-range and self entries of an order are skipped, not read.
+    order = torch.tensor([[0, 7, -1], [1, -5, 3], [9, 2, 2]])
+    got = module.pcgrad_coefficients(M, w, order, "sum")
+    torch.testing.assert_close(got[1], methods.pcgrad_coefficients(M, w, order, "sum")[1])
+    torch.testing.assert_close(got[1], torch.ones(3, dtype=F64))

@@ -11,6 +11,11 @@ Every backend module defines::
         -> (alpha [n], coeffs [n], duality_gap [], skipped [] bool)
         # gram [n, n] fp32/fp64, weights [n] in gram's dtype on its device,
         # stages a bit mask of solver.RECTIFY | RESCALE | FUSE. No host sync.
+    def cagrad_coefficients(gram, weights, rho, rescale: int)
+    def mgda_coefficients(gram, weights, normalization: str)
+    def pcgrad_coefficients(gram, weights, order, reduction: str)
+        # The baselines of camegrad_kernels/methods.py (same arguments, same
+        # returns as coefficients); order [n, n] int64 on gram's device.
     def combine(grads, coeffs, out, skip) -> Tensor
         # out[d] = coeffs @ grads written into ``out`` (grads' dtype); zeros when
         # ``skip`` (a 0-dim bool tensor, or None) is true. No host sync.
@@ -23,6 +28,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import torch
+from torch import Tensor
+
 # Priority order of "auto": fastest first; "reference" runs anywhere.
 PRIORITY = ("cuda", "triton", "cpu", "reference")
 
@@ -30,3 +38,10 @@ PRIORITY = ("cuda", "triton", "cpu", "reference")
 def load(name: str) -> ModuleType:
     """The backend module called ``name`` (one of PRIORITY)."""
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def upload(host: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on ``device``; to CUDA pinned and non-blocking (no host sync)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)

@@ -28,6 +28,24 @@ def coefficients(
     return torch.ops.camegrad.coefficients(gram, weights, rho, kappa, nu, eps, stages)
 
 
+def cagrad_coefficients(
+    gram: Tensor, weights: Tensor, rho: float, rescale: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.ops.camegrad.cagrad_coefficients(gram, weights, rho, rescale)
+
+
+def mgda_coefficients(
+    gram: Tensor, weights: Tensor, normalization: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.ops.camegrad.mgda_coefficients(gram, weights, normalization)
+
+
+def pcgrad_coefficients(
+    gram: Tensor, weights: Tensor, order: Tensor, reduction: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return torch.ops.camegrad.pcgrad_coefficients(gram, weights, order, reduction)
+
+
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     torch.ops.camegrad.combine_out(grads, coeffs, skip, out)
     return out

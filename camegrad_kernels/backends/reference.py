@@ -1,7 +1,7 @@
 """The pure-PyTorch Gram-space backend: runs on any device, the fallback of "auto".
 
 Three torch calls: ``G @ G^T`` (accumulated in fp32, or fp64 for fp64 input),
-the torch-ops solver of solver.py, and ``c @ G``. (The paper-literal,
+the torch-ops solver of solver.py (methods.py for the baselines), and ``c @ G``. (The paper-literal,
 vector-space ground truth is ``camegrad_kernels.reference``, not this.)
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import solver
+from .. import methods, solver
 
 NAME = "reference"
 
@@ -33,6 +33,11 @@ def coefficients(
     gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
+
+
+cagrad_coefficients = methods.cagrad_coefficients
+mgda_coefficients = methods.mgda_coefficients
+pcgrad_coefficients = methods.pcgrad_coefficients
 
 
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:

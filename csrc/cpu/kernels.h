@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <optional>
 #include <tuple>
@@ -27,6 +28,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients(const at
                                                                        double rho, double kappa,
                                                                        double nu, double eps,
                                                                        int64_t stages);
+
+// The baselines (methods.h): (alpha, coeffs, gap, skipped) as coefficients.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cagrad_coefficients(const at::Tensor& gram,
+                                                                              const at::Tensor& weights,
+                                                                              double rho, int64_t rescale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mgda_coefficients(const at::Tensor& gram,
+                                                                            const at::Tensor& weights,
+                                                                            c10::string_view normalization);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pcgrad_coefficients(const at::Tensor& gram,
+                                                                              const at::Tensor& weights,
+                                                                              const at::Tensor& order,
+                                                                              c10::string_view reduction);
 
 // out = coeffs @ grads in grads' dtype; zeros when skip is given and true.
 at::Tensor combine(const at::Tensor& grads, const at::Tensor& coeffs,

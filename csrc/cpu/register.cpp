@@ -21,6 +21,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY_IMPL(camegrad, CPU, m) {
   m.impl("gram", &gram);
   m.impl("coefficients", &coefficients);
+  m.impl("cagrad_coefficients", &cagrad_coefficients);
+  m.impl("mgda_coefficients", &mgda_coefficients);
+  m.impl("pcgrad_coefficients", &pcgrad_coefficients);
   m.impl("combine", &combine);
   m.impl("combine_out", &combine_out);
   m.impl("step", &step);
