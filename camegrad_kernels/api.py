@@ -264,9 +264,8 @@ def _finish_step(
 
     ``solve_args`` = (weights, rho, kappa, nu, eps, stage mask), as the backend's
     ``coefficients`` takes them after the Gram. ``method`` other than "camegrad"
-    solves with :mod:`camegrad_kernels.methods` (torch ops on the Gram's device,
-    ``method_options`` as :func:`methods.check_method` returns them) and
-    combines with the backend.
+    solves with the backend's baseline solvers (:func:`methods.coefficients`,
+    ``method_options`` as :func:`methods.check_method` returns them).
     """
     if nonfinite == "raise":
         _raise_on_nonfinite(gram)
@@ -281,7 +280,7 @@ def _finish_step(
 def _solve(
     module: ModuleType, gram: Tensor, solve_args: tuple, method: str, options: dict | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(alpha, coeffs, gap, skipped): the backend's native CAME-Grad solver, or methods.py."""
+    """(alpha, coeffs, gap, skipped) from the backend's native solver of ``method``."""
     if method == "camegrad":
         return module.coefficients(gram, *solve_args)
     w, rho = solve_args[0], solve_args[1]
@@ -393,11 +392,11 @@ def camegrad_step(
             shard: the Gram partials are all-reduced on the group, every rank
             solves the same coefficients and combines its own shard
             (:func:`camegrad_kernels.distributed.camegrad_step_sharded`).
-            Only with ``method="camegrad"``.
         method: "camegrad" (default: the backend's native fused solver),
             "cagrad", "mgda", "pcgrad" or "linear": the baselines of
-            :mod:`camegrad_kernels.methods`, solved in torch ops on the Gram's
-            device (no host sync), then combined by the backend. They read
+            :mod:`camegrad_kernels.methods`, solved by the backend's native
+            solver on the Gram's device (no host sync; linear solves nothing),
+            then combined by the backend. They read
             ``rho`` (cagrad's ``c``) and ``weights`` (they act on the gradients
             of the weighted losses w_i L_i); kappa, nu, eps and stages are
             CAME-Grad's only and ignored by them.
@@ -410,18 +409,15 @@ def camegrad_step(
     Returns:
         The update [d] in grads' dtype (``out`` when given), or (update, info).
     """
-    options = methods.check_method(method, method_options)
     if process_group is not None:
-        if method != "camegrad":
-            raise ValueError(
-                f"method: process_group (sharded steps) supports only 'camegrad', got {method!r}"
-            )
         from .distributed import camegrad_step_sharded  # distributed imports this module
 
         return camegrad_step_sharded(
             grads, weights, process_group=process_group, rho=rho, kappa=kappa, nu=nu, eps=eps,
             stages=stages, out=out, backend=backend, nonfinite=nonfinite, return_info=return_info,
+            method=method, method_options=method_options,
         )
+    options = methods.check_method(method, method_options)
     grads = _check_grads(grads)
     out, w, mask, module = _check_step_args(
         grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite

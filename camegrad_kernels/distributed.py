@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import backends
+from . import backends, methods
 from .api import (
     _FLOAT_DTYPES,
     _STEP_NONFINITE,
@@ -33,7 +33,10 @@ from .api import (
 
 ProcessGroup = Optional[dist.ProcessGroup]
 # What every rank must agree on; one float64 each (exact for these values).
-_FIELDS = ("n", "dtype", "rho", "kappa", "nu", "eps", "stages", "nonfinite", "backend", "weights")
+_FIELDS = (
+    "n", "dtype", "rho", "kappa", "nu", "eps", "stages", "nonfinite", "backend", "weights",
+    "method", "method_options",
+)
 
 
 def _check_shard(grads: object) -> Tensor:
@@ -44,9 +47,9 @@ def _check_shard(grads: object) -> Tensor:
     return _check_grads(grads, "grads_shard")
 
 
-def _weights_hash(w: Tensor) -> float:
+def _hash48(data: bytes) -> float:
     # 48 bits: an integer that float64 holds exactly, so the descriptor compares it bit for bit.
-    digest = hashlib.blake2b(w.cpu().numpy().tobytes(), digest_size=6).digest()
+    digest = hashlib.blake2b(data, digest_size=6).digest()
     return float(int.from_bytes(digest, "little"))
 
 
@@ -57,7 +60,9 @@ def _show(field: str, value: float) -> str:
         return backends.PRIORITY[int(value)]
     if field == "nonfinite":
         return _STEP_NONFINITE[int(value)]
-    if field == "weights":
+    if field == "method":
+        return methods.METHODS[int(value)]
+    if field in ("weights", "method_options"):
         return f"hash {int(value):012x}"
     return str(int(value)) if field in ("n", "stages") else repr(value)
 
@@ -103,6 +108,8 @@ def camegrad_step_sharded(
     backend: str = "auto",
     nonfinite: str = "raise",
     return_info: bool = False,
+    method: str = "camegrad",
+    method_options: dict | None = None,
 ) -> Tensor | tuple[Tensor, StepInfo]:
     """:func:`camegrad_kernels.camegrad_step` on G split by columns across ranks.
 
@@ -114,6 +121,10 @@ def camegrad_step_sharded(
     ValueError on every rank naming what differs). ``info`` holds the global
     Gram and the same coefficients on every rank.
 
+    ``method="pcgrad"`` with ``seed=None`` draws the seed on every rank from
+    torch's global CPU generator, as the local step does; the descriptor check
+    then raises unless all ranks drew the same (seed them alike, or pass a seed).
+
     Communication: that descriptor all_gather, plus one all_reduce of the
     [n, n] Gram (fp32, fp64 for fp64 gradients).
     """
@@ -123,6 +134,9 @@ def camegrad_step_sharded(
         out, w, mask, module = _check_step_args(
             grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite
         )
+        options = methods.check_method(method, method_options)
+        if method == "pcgrad" and options["seed"] is None:  # drawn once, then checked
+            options["seed"] = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         n, acc = grads.shape[0], _accumulate_dtype(grads.dtype)
         descriptor = [
             n,
@@ -134,7 +148,9 @@ def camegrad_step_sharded(
             mask,
             _STEP_NONFINITE.index(nonfinite),
             backends.PRIORITY.index(module.NAME),
-            _weights_hash(w),
+            _hash48(w.cpu().numpy().tobytes()),
+            methods.METHODS.index(method),
+            _hash48(repr(sorted(options.items())).encode()),
         ]
     except (TypeError, ValueError, RuntimeError):
         _agree(None, device, process_group)
@@ -150,7 +166,9 @@ def camegrad_step_sharded(
     dist.all_reduce(gram, group=process_group)
     # The same reduced Gram everywhere: with nonfinite="raise" all ranks raise together.
     solve_args = (w, rho, kappa, nu, eps, mask)
-    return _finish_step(module, grads, gram, solve_args, out, nonfinite, return_info)
+    return _finish_step(
+        module, grads, gram, solve_args, out, nonfinite, return_info, method, options
+    )
 
 
 # --------------------------------------------------------------------------- data-parallel helpers

@@ -92,6 +92,42 @@ def sharded_writes_into_out(device):
 
 
 @scenario
+def sharded_baseline_methods(device):
+    """Every method on column shards equals the local step, bit-equal coefficients on all ranks."""
+    for method, options in [
+        ("cagrad", {"rescale": 2}),
+        ("mgda", {"normalization": "l2"}),
+        ("pcgrad", {"seed": 11}),
+        ("linear", None),
+    ]:
+        _sharded_matches(
+            device, torch.float64, 4, [9, 120, 31], 1e-12, weights=[1.0, 2.0, 0.5, 1.0],
+            method=method, method_options=options,
+        )
+
+
+@scenario
+def sharded_pcgrad_seed_from_the_global_generator(device):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    full = _grads(4, 30 * world, torch.float64, device)
+    torch.manual_seed(5)  # alike on every rank: one drawn seed, checked by the descriptor
+    out = camegrad_step_sharded(full[:, 30 * rank : 30 * rank + 30].contiguous(), method="pcgrad")
+    torch.manual_seed(5)  # the same draw for the local step
+    ref = camegrad_step(full, method="pcgrad", backend=BACKEND)
+    torch.testing.assert_close(out, ref[30 * rank : 30 * rank + 30], rtol=1e-12, atol=1e-12)
+    torch.manual_seed(dist.get_rank())
+    with pytest.raises(ValueError, match=r"ranks disagree on method_options \(rank 0: hash"):
+        camegrad_step_sharded(_grads(3, 20, torch.float32, device), method="pcgrad")
+
+
+@scenario
+def ranks_disagree_on_method(device):
+    method = "mgda" if dist.get_rank() == 1 else "cagrad"
+    with pytest.raises(ValueError, match=r"ranks disagree on method \(rank 0: cagrad, rank 1: mgda"):
+        camegrad_step_sharded(_grads(3, 20, torch.float32, device), method=method)
+
+
+@scenario
 def nonfinite_raises_on_every_rank(device):
     shard = _grads(3, 50, torch.float32, device, seed=dist.get_rank())
     if dist.get_rank() == 0:

@@ -250,12 +250,6 @@ def test_method_validation(method, options, error, match):
         ck.camegrad_coefficients(G @ G.T, method=method, method_options=options)
 
 
-def test_method_with_process_group_rejected():
-    G = make_grads("random", 3, 10)
-    with pytest.raises(ValueError, match="supports only 'camegrad'"):
-        ck.camegrad_step(G, method="mgda", process_group=object())
-
-
 # --------------------------------------------------------------------------- CAME_Grad wrapper
 
 
