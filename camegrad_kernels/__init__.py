@@ -18,11 +18,15 @@ from .api import (
 )
 from .compat import CAME_Grad
 from .presets import PRESETS
-from .trainer import CAMEGrad, TrainStepInfo
+from .trainer import MGDA, CAGrad, CAMEGrad, LinearScalarization, PCGrad, TrainStepInfo
 
 __all__ = [
+    "MGDA",
     "PRESETS",
+    "CAGrad",
     "CAMEGrad",
+    "LinearScalarization",
+    "PCGrad",
     "CAME_Grad",
     "Coefficients",
     "StepInfo",

@@ -76,7 +76,7 @@ from torch import Tensor, nn
 from . import api, methods
 from .api import DEFAULT_STAGES, StepInfo
 
-__all__ = ["CAMEGrad", "TrainStepInfo"]
+__all__ = ["CAGrad", "MGDA", "CAMEGrad", "LinearScalarization", "PCGrad", "TrainStepInfo"]
 
 _NONFINITE = ("raise", "skip", "propagate")
 
@@ -182,6 +182,8 @@ class CAMEGrad:
             ("camegrad" default; "cagrad", "mgda", "pcgrad", "linear" solve the
             baselines of :mod:`camegrad_kernels.methods` on the same Gram; they
             read ``rho`` and the weights only). Validated here, at construction.
+            PCGrad's ``seed`` seeds the trainer's stream of task orders: a fresh
+            order every step, the same sequence for the same seed.
     """
 
     def __init__(
@@ -216,6 +218,12 @@ class CAMEGrad:
         self.nonfinite = nonfinite
         self.method = method
         self.method_options = options
+        # PCGrad draws a fresh task order every step from this stream, seeded by
+        # method_options["seed"] (None: from torch's global CPU generator).
+        seed = options.get("seed")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self._orders = torch.Generator().manual_seed(seed)
         self.timing = bool(timing)
         self.timings: dict[str, float] = {}
 
@@ -429,6 +437,10 @@ class CAMEGrad:
 
     def _solver_options(self) -> dict[str, object]:
         """The settings that camegrad_step and camegrad_coefficients both take."""
+        options = self.method_options
+        if self.method == "pcgrad":  # this step's order: the next seed of the trainer's stream
+            step_seed = int(torch.randint(0, 2**62, (), generator=self._orders, dtype=torch.int64))
+            options = {**options, "seed": step_seed}
         return {
             "rho": self.rho,
             "kappa": self.kappa,
@@ -437,7 +449,7 @@ class CAMEGrad:
             "stages": self.stages,
             "backend": self.backend,
             "method": self.method,
-            "method_options": self.method_options,
+            "method_options": options,
         }
 
     def _timed_step(self, nonfinite: str, t0: float) -> StepInfo:
@@ -465,8 +477,111 @@ class CAMEGrad:
 
     def __repr__(self) -> str:
         return (
-            f"CAMEGrad(params={len(self.params)}, d={self.numel}, dtype={self.dtype}, "
+            f"{type(self).__name__}(params={len(self.params)}, d={self.numel}, dtype={self.dtype}, "
             f"device={self.device}, n={self.n}, weights={self.weights}, rho={self.rho}, "
             f"kappa={self.kappa}, nu={self.nu}, eps={self.eps}, stages={self.stages}, "
             f"backend={self.backend!r}, nonfinite={self.nonfinite!r}, method={self.method!r})"
+        )
+
+
+# --------------------------------------------------------------------------- baselines
+# The same trainer (buffer, hooks, .grad writing, nonfinite policy, timing) with
+# another method's coefficients: each class only fixes ``method`` and names the
+# method's own hyperparameters as its papers do.
+
+
+class CAGrad(CAMEGrad):
+    """CAGrad (Liu et al., NeurIPS 2021) on the fused engine.
+
+    ``c`` is CAGrad's conflict-averse radius (our ``rho``; 0.4 is the value of
+    their NYU-v2 experiments), ``rescale`` their public code's option (0: none,
+    1: divide by 1 + c^2, the default, 2: divide by 1 + c). Other arguments as
+    :class:`CAMEGrad`. See :mod:`camegrad_kernels.methods`.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor] | nn.Module,
+        weights: api.Weights = None,
+        *,
+        c: float = 0.4,
+        rescale: int = 1,
+        backend: str = "auto",
+        nonfinite: str = "raise",
+        timing: bool = False,
+    ) -> None:
+        super().__init__(
+            shared_params, weights, rho=c, backend=backend, nonfinite=nonfinite, timing=timing,
+            method="cagrad", method_options={"rescale": rescale},
+        )
+
+
+class MGDA(CAMEGrad):
+    """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the task gradients' hull.
+
+    ``normalization``: "none" (default) or "l2" (each gradient divided by its
+    norm first). Other arguments as :class:`CAMEGrad`.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor] | nn.Module,
+        weights: api.Weights = None,
+        *,
+        normalization: str = "none",
+        backend: str = "auto",
+        nonfinite: str = "raise",
+        timing: bool = False,
+    ) -> None:
+        super().__init__(
+            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
+            method="mgda", method_options={"normalization": normalization},
+        )
+
+
+class PCGrad(CAMEGrad):
+    """PCGrad (Yu et al., NeurIPS 2020): pairwise projections in a random task order.
+
+    A fresh order every step, drawn from the trainer's stream seeded with
+    ``seed`` (two trainers with the same seed make the same orders; ``None``
+    seeds it from torch's global CPU generator). ``reduction``: "sum"
+    (default) or "mean" (the public code's default). Other arguments as
+    :class:`CAMEGrad`.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor] | nn.Module,
+        weights: api.Weights = None,
+        *,
+        seed: int | None = None,
+        reduction: str = "sum",
+        backend: str = "auto",
+        nonfinite: str = "raise",
+        timing: bool = False,
+    ) -> None:
+        super().__init__(
+            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
+            method="pcgrad", method_options={"seed": seed, "reduction": reduction},
+        )
+
+
+class LinearScalarization(CAMEGrad):
+    """Linear scalarization: the update is sum_i w_i g_i (the baseline), on the same passes.
+
+    Arguments as :class:`CAMEGrad` without the solver's hyperparameters.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[Tensor] | nn.Module,
+        weights: api.Weights = None,
+        *,
+        backend: str = "auto",
+        nonfinite: str = "raise",
+        timing: bool = False,
+    ) -> None:
+        super().__init__(
+            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
+            method="linear",
         )

@@ -413,6 +413,9 @@ def test_method_update_matches_camegrad_step(method, options, weights, timing):
         method=method, method_options=options, timing=timing,
     )
     info = cg.backward(model.losses(x, y))
+    if method == "pcgrad":  # the trainer's first order comes from its seeded stream
+        stream = torch.Generator().manual_seed(options["seed"])
+        options = {**options, "seed": int(torch.randint(0, 2**62, (), generator=stream))}
     expected, ref_info = ck.camegrad_step(
         G, weights, rho=0.4, backend="reference", method=method, method_options=options,
         return_info=True,
@@ -498,3 +501,45 @@ def test_backward_errors():
         cg.backward(None)
     assert cg.n is None  # nothing was fixed by failed calls
     cg.backward(losses)  # the graph is intact: validation ran before any backward
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,method,options",
+    [
+        (ck.CAGrad, {"c": 0.3, "rescale": 2}, "cagrad", {"rescale": 2}),
+        (ck.MGDA, {"normalization": "l2"}, "mgda", {"normalization": "l2"}),
+        (ck.PCGrad, {"seed": 7, "reduction": "mean"}, "pcgrad", {"seed": 7, "reduction": "mean"}),
+        (ck.LinearScalarization, {}, "linear", None),
+    ],
+)
+def test_baseline_trainers_are_camegrad_with_a_method(cls, kwargs, method, options):
+    """Each baseline class is CAMEGrad(method=...) under its papers' argument names."""
+    x, y = batch(dtype=torch.float64)
+    updates = []
+    for make_trainer in (
+        lambda m: cls(m.trunk.parameters(), WEIGHTS, backend="cpu", **kwargs),
+        lambda m: CAMEGrad(
+            m.trunk.parameters(), WEIGHTS, rho=kwargs.get("c", 0.5), backend="cpu",
+            method=method, method_options=options,
+        ),
+    ):
+        model = make(dtype=torch.float64)
+        trainer = make_trainer(model)
+        steps = []
+        for seed in range(3):  # PCGrad: a fresh order each step, the same stream for both
+            trainer.backward(model.losses(*batch(seed, torch.float64)))
+            steps.append(flat_grad(shared(model)).clone())
+        updates.append(steps)
+        assert trainer.method == method and repr(trainer).startswith(type(trainer).__name__ + "(")
+    assert repr(cls(make().trunk.parameters())).startswith(cls.__name__ + "(")
+    for a, b in zip(*updates):
+        assert torch.equal(a, b)
+
+
+def test_pcgrad_trainer_draws_a_fresh_order_every_step():
+    model = make(dtype=torch.float64)
+    trainer = ck.PCGrad(model.trunk.parameters(), seed=1)
+    seeds = [trainer._solver_options()["method_options"]["seed"] for _ in range(3)]
+    assert len(set(seeds)) == 3
+    again = ck.PCGrad(model.trunk.parameters(), seed=1)
+    assert [again._solver_options()["method_options"]["seed"] for _ in range(3)] == seeds
