@@ -76,7 +76,7 @@ from torch import Tensor, nn
 from . import api, methods
 from .api import DEFAULT_STAGES, StepInfo
 
-__all__ = ["CAGrad", "MGDA", "CAMEGrad", "LinearScalarization", "PCGrad", "TrainStepInfo"]
+__all__ = ["MGDA", "CAGrad", "CAMEGrad", "LinearScalarization", "PCGrad", "TrainStepInfo"]
 
 _NONFINITE = ("raise", "skip", "propagate")
 

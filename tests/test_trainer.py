@@ -514,7 +514,6 @@ def test_backward_errors():
 )
 def test_baseline_trainers_are_camegrad_with_a_method(cls, kwargs, method, options):
     """Each baseline class is CAMEGrad(method=...) under its papers' argument names."""
-    x, y = batch(dtype=torch.float64)
     updates = []
     for make_trainer in (
         lambda m: cls(m.trunk.parameters(), WEIGHTS, backend="cpu", **kwargs),

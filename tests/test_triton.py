@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not importable")
 
-from camegrad_kernels import solver
+from camegrad_kernels import methods, solver
 from camegrad_kernels.backends import reference
 from camegrad_kernels.backends import triton as backend
 
@@ -181,3 +181,142 @@ def test_large_n_falls_back_to_torch():
     torch.testing.assert_close(gram, reference.gram(g), rtol=1e-13, atol=1e-12)
     (_, coeffs, _, _), (_, r_coeffs, _, _) = _both(gram, _weights(130, torch.float64))
     assert torch.equal(coeffs, r_coeffs)
+
+
+# The baselines (triton_ops: cagrad in solve.py, mgda and pcgrad in methods.py)
+# against methods.py, the torch-ops ground truth (float64 inside).
+METHOD_RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
+
+
+def _method_gram(case: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    if case == "full":
+        g = _grads(n, 301, torch.float64, seed=n)
+    elif case == "n>d":  # rank 3, 0 outside the hull: the min-norm alpha is unique
+        g = _grads(n, 3, torch.float64, seed=1)
+    elif case == "zero task":
+        g = _grads(n, 40, torch.float64, seed=3)
+        g[2] = 0.0
+    elif case == "conflicting":  # no common component: many pairs at obtuse angles
+        gen = torch.Generator().manual_seed(5)
+        g = torch.randn(n, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    else:
+        raise ValueError(case)
+    return reference.gram(g).to(dtype)
+
+
+def _check_method(got, want, dtype: torch.dtype, solved: bool) -> None:
+    """solved: alpha and gap come from a solve (cagrad, mgda), else they are NaN."""
+    alpha, coeffs, gap, skipped = got
+    n = want[1].shape[0]
+    assert [t.dtype for t in got] == [dtype, dtype, dtype, torch.bool]
+    assert [t.shape for t in got] == [(n,), (n,), (), ()]
+    assert not skipped.item() and not want[3].item()
+    _assert_coeffs_close(coeffs, want[1], METHOD_RTOL[dtype])
+    if solved:
+        _assert_coeffs_close(alpha, want[0], METHOD_RTOL[dtype])
+        assert abs(gap.item() - want[2].item()) <= GAP_TOL[dtype]
+    else:
+        assert torch.isnan(alpha).all().item() and torch.isnan(gap).item()
+
+
+@pytest.mark.parametrize(
+    "case, n, dtype, rescale",
+    [
+        ("full", 1, torch.float64, 1),
+        ("full", 3, torch.float64, 0),
+        ("full", 8, torch.float64, 2),
+        ("n>d", 5, torch.float64, 1),
+        ("zero task", 5, torch.float64, 1),
+        ("conflicting", 5, torch.float64, 2),
+        ("full", 5, torch.float32, 1),
+    ],
+)
+def test_cagrad(case, n, dtype, rescale):
+    gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
+    got = backend.cagrad_coefficients(gram, w, 0.5, rescale)
+    _check_method(got, methods.cagrad_coefficients(gram, w, 0.5, rescale), dtype, True)
+
+
+@pytest.mark.parametrize(
+    "case, n, dtype, normalization",
+    [
+        ("full", 1, torch.float64, "l2"),
+        ("full", 3, torch.float64, "none"),
+        ("full", 8, torch.float64, "l2"),
+        ("n>d", 5, torch.float64, "none"),
+        ("zero task", 5, torch.float64, "l2"),
+        ("conflicting", 5, torch.float64, "l2"),
+        ("full", 5, torch.float32, "none"),
+    ],
+)
+def test_mgda(case, n, dtype, normalization):
+    gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
+    got = backend.mgda_coefficients(gram, w, normalization)
+    _check_method(got, methods.mgda_coefficients(gram, w, normalization), dtype, True)
+
+
+# PCGrad's kernel has no inner solve (n cheap steps): every case, both reductions.
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize(
+    "case, n, dtype",
+    [
+        ("full", 1, torch.float64),
+        ("full", 3, torch.float64),
+        ("n>d", 5, torch.float64),
+        ("zero task", 5, torch.float64),
+        ("conflicting", 8, torch.float64),
+        ("conflicting", 5, torch.float32),
+    ],
+)
+def test_pcgrad(case, n, dtype, reduction):
+    gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
+    order = methods.pcgrad_order(n, seed=n).to(DEVICE)
+    got = backend.pcgrad_coefficients(gram, w, order, reduction)
+    _check_method(got, methods.pcgrad_coefficients(gram, w, order, reduction), dtype, False)
+
+
+def test_pcgrad_bad_order_entries_are_skipped():
+    n = 5
+    gram, w = _method_gram("conflicting", n, torch.float64), _weights(n, torch.float64)
+    order = methods.pcgrad_order(n, seed=2).to(DEVICE)
+    bad = order.clone()
+    bad[0, 1], bad[3, 0], bad[4, 4] = n, -1, 2**40  # out of range: skipped
+    got = backend.pcgrad_coefficients(gram, w, bad, "sum")
+    # The torch code skips j == i: the same steps with the bad entries set so.
+    ref_order = torch.where((bad >= 0) & (bad < n), bad, torch.arange(n, device=DEVICE)[:, None])
+    want = methods.pcgrad_coefficients(gram, w, ref_order, "sum")
+    _check_method(got, want, torch.float64, False)
+
+
+@pytest.mark.parametrize("method", ["cagrad", "mgda", "pcgrad"])
+def test_methods_non_finite_gram_is_skipped(method):
+    n = 4
+    gram, w = _method_gram("full", n, torch.float32), _weights(n, torch.float32)
+    gram[1, 2] = float("inf") if method == "mgda" else float("nan")
+    args = {
+        "cagrad": (1.0, 1),
+        "mgda": ("l2",),
+        "pcgrad": (methods.pcgrad_order(n, seed=0).to(DEVICE), "mean"),
+    }[method]
+    alpha, coeffs, gap, skipped = getattr(backend, f"{method}_coefficients")(gram, w, *args)
+    assert skipped.dtype == torch.bool and skipped.shape == () and skipped.item()
+    assert torch.equal(coeffs, torch.zeros_like(coeffs))
+    assert torch.isnan(alpha).all().item() and torch.isnan(gap).item()
+
+
+def test_methods_large_n_fall_back_to_torch():
+    n = 130
+    gram, w = reference.gram(_grads(n, 64, torch.float64)), _weights(n, torch.float64)
+    order = methods.pcgrad_order(n, seed=0).to(DEVICE)
+    for got, want in [
+        (
+            backend.cagrad_coefficients(gram, w, 0.5, 2),
+            methods.cagrad_coefficients(gram, w, 0.5, 2),
+        ),
+        (backend.mgda_coefficients(gram, w, "l2"), methods.mgda_coefficients(gram, w, "l2")),
+        (
+            backend.pcgrad_coefficients(gram, w, order, "sum"),
+            methods.pcgrad_coefficients(gram, w, order, "sum"),
+        ),
+    ]:
+        assert torch.equal(got[1], want[1])

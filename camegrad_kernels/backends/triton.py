@@ -56,5 +56,23 @@ def coefficients(
     return _ops().coefficients(gram, weights, rho, kappa, nu, eps, stages)
 
 
+def cagrad_coefficients(
+    gram: Tensor, weights: Tensor, rho: float, rescale: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _ops().cagrad_coefficients(gram, weights, rho, rescale)
+
+
+def mgda_coefficients(
+    gram: Tensor, weights: Tensor, normalization: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _ops().mgda_coefficients(gram, weights, normalization)
+
+
+def pcgrad_coefficients(
+    gram: Tensor, weights: Tensor, order: Tensor, reduction: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _ops().pcgrad_coefficients(gram, weights, order, reduction)
+
+
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     return _ops().combine(grads, coeffs, out, skip)

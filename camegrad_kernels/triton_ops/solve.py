@@ -8,6 +8,13 @@ but compute the same quantities: the simplex projection counts, for each entry,
 the entries not below it (O(n^2), no sort), and the face solve is Gauss-Jordan
 elimination with partial pivoting (the pivots LU would pick), an exactly zero
 pivot marking the face invalid as a failed ``solve_ex`` does.
+
+The same kernel serves CAGrad (methods.cagrad_coefficients, which is CAME-Grad's
+Stage 1 on the weighted Gram): with CAGRAD set, M is replaced by M w w^T on load
+(before the finiteness test, as the torch code tests the weighted Gram), the
+stages must be RECTIFY only (the weights then play no part in the solve, exactly
+as the all-ones weights of the torch code), and the stored coefficients are
+w a_u / factor.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import solver
+from .. import methods, solver
 from .gram import MAX_N
 
 # Globals read inside kernels must be constexpr. The work dtype is float64.
@@ -241,7 +248,9 @@ def _coefficients_kernel(
     kappa: tl.float64,
     nu: tl.float64,
     eps: tl.float64,
+    factor: tl.float64,
     NPAD: tl.constexpr,
+    CAGRAD: tl.constexpr,
     RECTIFY: tl.constexpr,
     RESCALE: tl.constexpr,
     FUSE: tl.constexpr,
@@ -249,7 +258,7 @@ def _coefficients_kernel(
     ITERS: tl.constexpr,
     POLISH: tl.constexpr,
 ):
-    """solver.camegrad_coefficients."""
+    """solver.camegrad_coefficients, or methods.cagrad_coefficients when CAGRAD is set."""
     rows = tl.arange(0, NPAD)
     cols = rows
     valid = rows < n
@@ -257,6 +266,11 @@ def _coefficients_kernel(
     nf = n.to(tl.float64)
     M = tl.load(m_ptr + rows[:, None] * n + cols[None, :], mask=both, other=0.0).to(tl.float64)
     w = tl.load(w_ptr + rows, mask=valid, other=0.0).to(tl.float64)
+    if CAGRAD:
+        # CAGrad acts on h_i = w_i g_i; the solve below then uses all-ones weights,
+        # which only the RESCALE and FUSE stages (off here) would read.
+        tl.static_assert(RECTIFY and not RESCALE and not FUSE)
+        M = M * w[:, None] * w[None, :]
     non_finite = both & ~(tl.abs(M) < INF)  # NaN fails the test too
     skipped = tl.sum(tl.sum(non_finite.to(tl.int32), axis=1), axis=0) > 0
     M = tl.where(skipped, 0.0, M)
@@ -292,6 +306,8 @@ def _coefficients_kernel(
     else:
         fuse = tl.full((), 0.0, tl.float64)
     coeffs = (1.0 - fuse) * a_en + fuse * joint
+    if CAGRAD:
+        coeffs = w * coeffs / factor  # back to the raw g_i, then CAGrad's rescale
 
     out_ty = coeffs_ptr.dtype.element_ty
     tl.store(coeffs_ptr + rows, tl.where(skipped, 0.0, coeffs).to(out_ty), mask=valid)
@@ -303,11 +319,50 @@ def _coefficients_kernel(
 def coefficients(
     gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(alpha [n], coeffs [n], duality_gap [], skipped [] bool), as solver.camegrad_coefficients."""
-    n = gram.shape[0]
-    if n > MAX_N:
+    """(alpha [n], coeffs [n], duality_gap [], skipped [] bool), as solver.camegrad_coefficients.
+
+    gram [n, n] float32/float64 contiguous, weights [n] in its dtype and on its
+    device; the outputs are in gram's dtype (skipped is bool).
+    """
+    if gram.shape[0] > MAX_N:
         # The register tiles would spill; the torch solver is the same algorithm.
         return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
+    return _launch(gram, weights, rho, kappa, nu, eps, stages, False, 1.0)
+
+
+def _cagrad_factor(rho: float, rescale: int) -> float:
+    """What CAGrad's update u is divided by (their public code's ``rescale`` option)."""
+    return {0: 1.0, 1: 1.0 + rho * rho, 2: 1.0 + rho}[rescale]
+
+
+def cagrad_coefficients(
+    gram: Tensor, weights: Tensor, rho: float, rescale: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(alpha [n], coeffs [n], duality_gap [], skipped [] bool), as methods.cagrad_coefficients.
+
+    gram [n, n] float32/float64 contiguous, weights [n] in its dtype and on its
+    device, rescale in {0, 1, 2}; the outputs are in gram's dtype. The weighted
+    Gram M w w^T is formed in float64 inside the kernel (the torch code forms it
+    in gram's dtype: float32 grams differ by that rounding).
+    """
+    factor = _cagrad_factor(rho, rescale)
+    if gram.shape[0] > MAX_N:
+        return methods.cagrad_coefficients(gram, weights, rho, rescale)
+    return _launch(gram, weights, rho, 1.0, 0.0, 0.0, solver.RECTIFY, True, factor)
+
+
+def _launch(
+    gram: Tensor,
+    weights: Tensor,
+    rho: float,
+    kappa: float,
+    nu: float,
+    eps: float,
+    stages: int,
+    cagrad: bool,
+    factor: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n = gram.shape[0]
     npad = max(16, triton.next_power_of_2(n))
     alpha = torch.empty(n, dtype=gram.dtype, device=gram.device)
     coeffs = torch.empty_like(alpha)
@@ -325,7 +380,9 @@ def coefficients(
         float(kappa),
         float(nu),
         float(eps),
+        float(factor),
         NPAD=npad,
+        CAGRAD=cagrad,
         RECTIFY=bool(stages & solver.RECTIFY),
         RESCALE=bool(stages & solver.RESCALE),
         FUSE=bool(stages & solver.FUSE),
