@@ -883,8 +883,9 @@ def main(argv=None) -> dict:
         try:
             import plot
 
-            png = plot.plot(out)
-            log(f"# wrote {png}")
+            for png in (plot.plot(out), plot.plot_methods(out)):
+                if png:
+                    log(f"# wrote {png}")
         except Exception as exc:  # noqa: BLE001
             log(f"# plot failed: {type(exc).__name__}: {exc}")
     return result

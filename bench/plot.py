@@ -7,6 +7,8 @@ Rows of panels (one column per dtype):
   2. the same runs as % of that copy bandwidth vs d (100% = the floor);
   3. median time vs n at the largest d.
 Without a path, the newest JSON in bench/results/ is plotted. The PNG goes beside it.
+A run with several ``--method`` entries also gets ``<stem>-methods.png``
+(:func:`plot_methods`): step time per multi-task method, grouped by backend.
 """
 
 from __future__ import annotations
@@ -171,6 +173,40 @@ def plot(path, out=None, n: int | None = None) -> Path:
     return out
 
 
+def plot_methods(path, out=None) -> Path | None:
+    """Grouped bars: median step per --method for each backend, one panel per (dtype, n, d)."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    order = data["settings"].get("mtl_methods") or ["camegrad"]
+    rows = [r for r in data["rows"] if r.get("status") == "ok" and r["method"] in LABELS]
+    if len(order) < 2 or not rows:
+        return None
+    configs = sorted({(r["dtype"], r["n"], r["d"]) for r in rows})
+    fig, axes = plt.subplots(1, len(configs), figsize=(5.5 * len(configs), 4.2), squeeze=False)
+    for ax, (dtype, n, d) in zip(axes[0], configs):
+        at = [r for r in rows if (r["dtype"], r["n"], r["d"]) == (dtype, n, d)]
+        backends = [b for b in ORDER if any(r["method"] == b for r in at)]
+        width = 0.8 / len(order)
+        for k, mtl in enumerate(order):
+            times = [
+                next((1e3 * r["time_s"] for r in at if r["method"] == b
+                      and r.get("mtl_method", "camegrad") == mtl), 0.0)
+                for b in backends
+            ]
+            ax.bar([i + k * width for i in range(len(backends))], times, width, label=mtl)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(backends))], backends)
+        ax.set_ylabel("median ms per step")
+        ax.set_title(f"{dtype}, n={n}, d={_fmt_d(d)}")
+        ax.legend(fontsize=8)
+    m = data["machine"]
+    fig.suptitle(f"Multi-task methods on the same passes — {m['device']} — {data['created'][:10]}")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    out = Path(out) if out else path.with_name(path.stem + "-methods.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json", nargs="?", default=None, help="result file (default: the newest)")
@@ -179,6 +215,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     path = Path(args.json) if args.json else newest()
     print(plot(path, args.out, args.n))
+    extra = plot_methods(path)
+    if extra:
+        print(extra)
 
 
 if __name__ == "__main__":

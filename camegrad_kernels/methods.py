@@ -141,9 +141,11 @@ def _finish(
 
 
 def linear_coefficients(M: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Linear scalarization: coeffs = w."""
-    finite, _, w, nan, out_dtype = _prepare(M, w)
-    return _finish(finite, nan.expand(w.shape[0]).clone(), w.clone(), nan.clone(), nan, out_dtype)
+    """Linear scalarization: coeffs = w (nothing to solve: four small ops on M's device)."""
+    skipped = ~torch.isfinite(M).all()
+    coeffs = torch.where(skipped, torch.zeros((), dtype=M.dtype, device=M.device), w.to(M.dtype))
+    nan = torch.full((w.shape[0] + 1,), float("nan"), dtype=M.dtype, device=M.device)
+    return nan[:-1], coeffs, nan[-1], skipped
 
 
 def cagrad_coefficients(
