@@ -13,7 +13,7 @@ import torch
 from helpers import make_grads
 
 import camegrad_kernels
-from camegrad_kernels import ops, solver
+from camegrad_kernels import methods, ops, solver
 from camegrad_kernels.backends import cuda as cuda_backend
 from camegrad_kernels.backends import reference
 
@@ -254,3 +254,230 @@ def test_more_tasks_than_the_kernels_take(cuda_ops):
         got = camegrad_kernels.camegrad_step(G, backend="cuda")
         ref = camegrad_kernels.camegrad_step(G, backend="reference")
         assert float((got - ref).norm() / ref.norm()) <= 1e-9
+
+
+# --------------------------------------------------------------------------- baselines
+# The native CAGrad, MGDA and PCGrad ops against camegrad_kernels.methods. On a
+# full-rank Gram the optimum is unique and the results agree to rounding; on a
+# singular one (n > d, or a zero gradient) alpha is not unique and the fixed
+# iteration count may stop short of the optimum, so the checks there are bounds
+# that hold whatever the rounding: the duality / Frank-Wolfe gaps bound how far
+# each result is from the optimum, and so from the other.
+
+BASELINE_TASKS = (1, 5, 33, 64)
+BASELINE_KINDS = ("full", "deficient", "zero")
+
+
+def baseline_inputs(n: int, kind: str, dtype: torch.dtype, seed: int = 0):
+    """(M, w, order) on the GPU: M = G G^T of random G [n, d] (d < n for "deficient",
+    one zero gradient for "zero"), weights in [0.2, 1.2), a PCGrad order."""
+    gen = torch.Generator().manual_seed(seed)
+    d = max(1, n // 2) if kind == "deficient" else 2 * n + 7
+    G = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if kind == "zero" and n > 1:
+        G[n // 2] = 0.0
+    w = torch.rand(n, generator=gen, dtype=torch.float64) + 0.2
+    M = (G @ G.T).to(dtype)
+    return M.cuda(), w.to(dtype).cuda(), methods.pcgrad_order(n, seed).cuda()
+
+
+def assert_same_nans(got, want):
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan()), (a, b)
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return 1e-9 if dtype == torch.float64 else 1e-5
+
+
+def assert_coeffs_close(got: torch.Tensor, want: torch.Tensor, tol: float):
+    got, want = got.cpu().double(), want.cpu().double()
+    assert torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())), (got, want)
+
+
+def assert_on_simplex(alpha: torch.Tensor):
+    tol = alpha.numel() * torch.finfo(alpha.dtype).eps
+    alpha = alpha.cpu().double()
+    assert bool((alpha >= 0).all()) and abs(float(alpha.sum()) - 1.0) <= tol, alpha
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("n", BASELINE_TASKS)
+@pytest.mark.parametrize("kind", BASELINE_KINDS)
+@pytest.mark.parametrize("rescale", (0, 1, 2))
+def test_cagrad_matches_methods(cuda_ops, dtype, n, kind, rescale):
+    M, w, _ = baseline_inputs(n, kind, dtype, seed=n)
+    rho = 0.4
+    got = cuda_backend.cagrad_coefficients(M, w, rho, rescale)
+    want = methods.cagrad_coefficients(M.cpu(), w.cpu(), rho, rescale)
+    assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
+    assert not bool(got[3]) and not bool(want[3])
+    assert_same_nans(got, want)
+    assert_on_simplex(got[0])
+    alpha, coeffs, gap = (t.cpu().double() for t in got[:3])
+    if kind == "full" or n == 1:
+        assert_coeffs_close(coeffs, want[1], tolerance(dtype))
+        assert torch.allclose(alpha, want[0].double(), rtol=0, atol=1e-6)
+        assert abs(float(gap) - float(want[2])) <= 1e-6
+        return
+    # The dual F(alpha) = alpha.b + s ||g_alpha|| on Mw: the gap bounds F(alpha) - min F.
+    Mw = M.cpu().double() * w.cpu().double()[:, None] * w.cpu().double()[None, :]
+    b = Mw.mean(dim=1)
+    mu_norm = float(b.mean().clamp_min(0).sqrt())
+    max_norm = float(Mw.diagonal().max().clamp_min(0).sqrt())
+
+    def dual(a):
+        return float(a @ b + rho * mu_norm * (a @ Mw @ a).clamp_min(0).sqrt())
+
+    slack = (max(float(gap), 0.0) + 1e-9) * mu_norm * max_norm
+    assert dual(alpha) <= dual(want[0].double()) + slack
+    assert float(gap) <= 10 * max(float(want[2]), 0.0) + 1e-6
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("n", BASELINE_TASKS)
+@pytest.mark.parametrize("kind", BASELINE_KINDS)
+@pytest.mark.parametrize("normalization", ("none", "l2"))
+def test_mgda_matches_methods(cuda_ops, dtype, n, kind, normalization):
+    M, w, _ = baseline_inputs(n, kind, dtype, seed=n)
+    got = cuda_backend.mgda_coefficients(M, w, normalization)
+    want = methods.mgda_coefficients(M.cpu(), w.cpu(), normalization)
+    assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
+    assert not bool(got[3]) and not bool(want[3])
+    assert_same_nans(got, want)
+    assert_on_simplex(got[0])
+    alpha, coeffs, gap = (t.cpu().double() for t in got[:3])
+    assert float(gap) >= 0
+    if kind == "full" or n == 1:
+        assert_coeffs_close(coeffs, want[1], tolerance(dtype))
+        assert torch.allclose(alpha, want[0].double(), rtol=0, atol=1e-6)
+        assert abs(float(gap) - float(want[2])) <= 1e-6
+        return
+    # The update x = coeffs @ G is the min-norm point of the (normalised) hull,
+    # unique even where alpha is not: ||x - x*||^2 <= the Frank-Wolfe gap of x,
+    # which is 2 * scale * gap (scale = max_i ||h_i||^2 of the hull's vertices).
+    M64 = M.cpu().double()
+    Mw = M64 * w.cpu().double()[:, None] * w.cpu().double()[None, :]
+    scale = 1.0 if normalization == "l2" else float(Mw.diagonal().max())
+    diff = coeffs - want[1].double()
+    dist = float((diff @ M64 @ diff).clamp_min(0).sqrt())
+    bound = (2 * scale * float(gap)) ** 0.5 + (2 * scale * max(float(want[2]), 0.0)) ** 0.5
+    assert dist <= bound + 1e-6 * scale**0.5, (dist, bound)
+    assert float(gap) <= 10 * float(want[2]) + 1e-6
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("n", BASELINE_TASKS)
+@pytest.mark.parametrize("kind", BASELINE_KINDS)
+@pytest.mark.parametrize("reduction", ("sum", "mean"))
+def test_pcgrad_matches_methods(cuda_ops, dtype, n, kind, reduction):
+    # A finite algorithm: the same arithmetic as methods.py up to summation order.
+    M, w, order = baseline_inputs(n, kind, dtype, seed=n)
+    got = cuda_backend.pcgrad_coefficients(M, w, order, reduction)
+    want = methods.pcgrad_coefficients(M.cpu(), w.cpu(), order.cpu(), reduction)
+    assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
+    assert not bool(got[3]) and torch.isnan(got[0]).all() and torch.isnan(got[2])
+    assert_coeffs_close(got[1], want[1], tolerance(dtype))
+
+
+@needs_gpu
+def test_pcgrad_skips_bad_order_entries(cuda_ops):
+    M, w, _ = baseline_inputs(6, "full", torch.float64, seed=3)
+    order = methods.pcgrad_order(6, 1)
+    order[0, 0], order[1, 2], order[2, 5], order[3, 1], order[4, 4] = -1, 99, 2**40, 3, -(2**62)
+    got = cuda_backend.pcgrad_coefficients(M, w, order.cuda(), "sum")
+    want = methods.pcgrad_coefficients(M.cpu(), w.cpu(), order, "sum")
+    assert_coeffs_close(got[1], want[1], 1e-12)
+    # An order that skips everything leaves every g_i' = g_i.
+    none = torch.full((6, 6), -1, dtype=torch.int64, device="cuda")
+    assert torch.equal(cuda_backend.pcgrad_coefficients(M, w, none, "sum")[1], w)
+
+
+def baseline_ops(M, w, order):
+    """The three baseline ops, all options, on the CUDA backend."""
+    return [
+        *[cuda_backend.cagrad_coefficients(M, w, 0.5, r) for r in (0, 1, 2)],
+        *[cuda_backend.mgda_coefficients(M, w, nz) for nz in ("none", "l2")],
+        *[cuda_backend.pcgrad_coefficients(M, w, order, red) for red in ("sum", "mean")],
+    ]
+
+
+@needs_gpu
+@pytest.mark.parametrize("bad", (float("nan"), float("inf"), float("-inf")))
+@pytest.mark.parametrize("n", (1, 5, 40))
+def test_baselines_nonfinite_gram_is_skipped(cuda_ops, bad, n):
+    M, w, order = baseline_inputs(n, "full", torch.float32, seed=n)
+    M[n - 1, 0] = bad
+    for alpha, coeffs, gap, skipped in baseline_ops(M, w, order):
+        assert bool(skipped) and torch.equal(coeffs, torch.zeros_like(coeffs))
+        assert torch.isnan(alpha).all() and torch.isnan(gap)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", (5, 33, 64))
+def test_baselines_are_bitwise_deterministic(cuda_ops, n):
+    M, w, order = baseline_inputs(n, "deficient", torch.float64, seed=n)
+    first = baseline_ops(M, w, order)
+    for got, again in zip(first, baseline_ops(M, w, order)):
+        for a, b in zip(got, again):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_gpu
+def test_baseline_op_checks(cuda_ops):
+    M, w, order = baseline_inputs(4, "full", torch.float32)
+    C = torch.ops.camegrad
+    cases = [
+        (lambda: C.cagrad_coefficients(M, w, 0.5, 3), "rescale must be 0, 1 or 2"),
+        (lambda: C.mgda_coefficients(M, w, "l1"), "normalization must be 'none' or 'l2'"),
+        (lambda: C.pcgrad_coefficients(M, w, order, "max"), "reduction must be 'sum' or 'mean'"),
+        (lambda: C.pcgrad_coefficients(M, w, order.int(), "sum"), "order must be an int64"),
+        (lambda: C.pcgrad_coefficients(M, w, order[:2], "sum"), "order must be an int64"),
+        (lambda: C.pcgrad_coefficients(M, w, order.cpu(), "sum"), "order must be on"),
+        (lambda: C.mgda_coefficients(M[:2], w, "none"), "gram must be square"),
+        (lambda: C.cagrad_coefficients(M, w[:2], 0.5, 1), "weights must have 4 entries"),
+        (lambda: C.mgda_coefficients(M.half(), w.half(), "none"), "float32 or float64"),
+    ]
+    for call, match in cases:
+        with pytest.raises(RuntimeError, match=match):
+            call()
+    big = torch.eye(cuda_backend.SOLVE_MAX_TASKS + 1, device="cuda")
+    with pytest.raises(RuntimeError, match="the solver supports 1 to"):
+        C.mgda_coefficients(big, torch.ones(big.shape[0], device="cuda"), "none")
+
+
+@needs_gpu
+def test_baselines_beyond_the_kernels_run_methods(cuda_ops):
+    n = cuda_backend.SOLVE_MAX_TASKS + 1
+    M, w, order = baseline_inputs(n, "full", torch.float64)
+    pairs = [
+        (cuda_backend.cagrad_coefficients(M, w, 0.5, 1), methods.cagrad_coefficients(M, w, 0.5, 1)),
+        (cuda_backend.mgda_coefficients(M, w, "l2"), methods.mgda_coefficients(M, w, "l2")),
+        (
+            cuda_backend.pcgrad_coefficients(M, w, order, "mean"),
+            methods.pcgrad_coefficients(M, w, order, "mean"),
+        ),
+    ]
+    for got, want in pairs:
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", (8, 64))  # 64 tasks: the kernels' shared memory opt-in
+def test_baselines_cuda_graph_replay_equals_eager(cuda_ops, n):
+    M, w, order = baseline_inputs(n, "full", torch.float64, seed=1)
+    graph, outs = _capture(lambda: baseline_ops(M, w, order))
+    for seed in (2, 3):
+        M2, w2, order2 = baseline_inputs(n, "deficient", torch.float64, seed=seed)
+        M.copy_(M2), w.copy_(w2), order.copy_(order2)
+        graph.replay()
+        for got, eager in zip(outs, baseline_ops(M, w, order)):
+            for a, b in zip(got, eager):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    M[0, 1] = float("nan")
+    graph.replay()
+    assert all(bool(skipped) for *_, skipped in outs)

@@ -1,9 +1,10 @@
 """The CUDA backend: ``torch.ops.camegrad`` ops implemented in csrc/cuda/.
 
 The kernels cover up to GRAM_MAX_TASKS tasks for the Gram pass and
-SOLVE_MAX_TASKS for the one-block solver (csrc/cuda/camegrad_cuda.cuh); beyond
-that the same step runs through the reference backend's torch ops, still on the
-device and without host syncs (the choice depends on shapes only).
+SOLVE_MAX_TASKS for the one-block solvers (CAME-Grad and the baselines CAGrad,
+MGDA, PCGrad; csrc/cuda/camegrad_cuda.cuh); beyond that the same step runs
+through the reference backend's torch ops (methods.py for the baselines), still
+on the device and without host syncs (the choice depends on shapes only).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import ops
+from .. import methods, ops
 from . import reference
 
 NAME = "cuda"
@@ -46,6 +47,30 @@ def coefficients(
     if gram.shape[0] > SOLVE_MAX_TASKS:
         return reference.coefficients(gram, weights, rho, kappa, nu, eps, stages)
     return torch.ops.camegrad.coefficients(gram, weights, rho, kappa, nu, eps, stages)
+
+
+def cagrad_coefficients(
+    gram: Tensor, weights: Tensor, rho: float, rescale: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if gram.shape[0] > SOLVE_MAX_TASKS:
+        return methods.cagrad_coefficients(gram, weights, rho, rescale)
+    return torch.ops.camegrad.cagrad_coefficients(gram, weights, rho, rescale)
+
+
+def mgda_coefficients(
+    gram: Tensor, weights: Tensor, normalization: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if gram.shape[0] > SOLVE_MAX_TASKS:
+        return methods.mgda_coefficients(gram, weights, normalization)
+    return torch.ops.camegrad.mgda_coefficients(gram, weights, normalization)
+
+
+def pcgrad_coefficients(
+    gram: Tensor, weights: Tensor, order: Tensor, reduction: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if gram.shape[0] > SOLVE_MAX_TASKS:
+        return methods.pcgrad_coefficients(gram, weights, order, reduction)
+    return torch.ops.camegrad.pcgrad_coefficients(gram, weights, order, reduction)
 
 
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:

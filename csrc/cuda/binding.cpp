@@ -111,10 +111,10 @@ at::Tensor gram(const at::Tensor& grads) {
   return gram_impl(grads.contiguous());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients(const at::Tensor& gram,
-                                                                        const at::Tensor& weights, double rho,
-                                                                        double kappa, double nu, double eps,
-                                                                        int64_t stages) {
+using Solved = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // alpha, coeffs, gap, skipped
+
+// The checks of the one-block solver ops; returns n.
+int64_t check_solver_inputs(const at::Tensor& gram, const at::Tensor& weights) {
   TORCH_CHECK(gram.is_cuda(), "camegrad: gram must be a CUDA tensor");
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == gram.size(1), "camegrad: gram must be square, got ",
               gram.sizes());
@@ -124,6 +124,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients(const at
   TORCH_CHECK(n >= 1 && n <= kSolveMaxN, "camegrad (cuda): the solver supports 1 to ", kSolveMaxN,
               " tasks, got ", n);
   TORCH_CHECK(weights.numel() == n, "camegrad: weights must have ", n, " entries, got ", weights.numel());
+  return n;
+}
+
+// Runs launch(M, w, n, alpha, coeffs, gap, skipped, stream), a launcher of
+// camegrad_cuda.cuh with its options bound, on gram (contiguous) and weights
+// (in gram's dtype and on its device); returns the outputs it wrote.
+template <typename F>
+Solved solve(const at::Tensor& gram, const at::Tensor& weights, int64_t n, F&& launch) {
   const c10::cuda::CUDAGuard guard(gram.device());
   const at::Tensor M = gram.contiguous();
   const at::Tensor w = weights.to(M.device(), M.scalar_type()).contiguous();
@@ -133,10 +141,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients(const at
   at::Tensor skipped = at::empty({}, M.options().dtype(at::kBool));
   auto run = [&](auto tag) {
     using A = decltype(tag);
-    C10_CUDA_CHECK(launch_solve(M.const_data_ptr<A>(), w.const_data_ptr<A>(), n, rho, kappa, nu, eps,
-                                int(stages), alpha.mutable_data_ptr<A>(), coeffs.mutable_data_ptr<A>(),
-                                gap.mutable_data_ptr<A>(), static_cast<uint8_t*>(skipped.mutable_data_ptr()),
-                                current_stream()));
+    C10_CUDA_CHECK(launch(M.const_data_ptr<A>(), w.const_data_ptr<A>(), n, alpha.mutable_data_ptr<A>(),
+                          coeffs.mutable_data_ptr<A>(), gap.mutable_data_ptr<A>(),
+                          static_cast<uint8_t*>(skipped.mutable_data_ptr()), current_stream()));
   };
   if (M.scalar_type() == at::kDouble)
     run(double{});
@@ -144,6 +151,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients(const at
     run(float{});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {alpha, coeffs, gap, skipped};
+}
+
+Solved coefficients(const at::Tensor& gram, const at::Tensor& weights, double rho, double kappa, double nu,
+                    double eps, int64_t stages) {
+  const int64_t n = check_solver_inputs(gram, weights);
+  return solve(gram, weights, n, [&](auto M, auto w, int64_t n_, auto... out) {
+    return launch_solve(M, w, n_, rho, kappa, nu, eps, int(stages), out...);
+  });
+}
+
+Solved cagrad_coefficients(const at::Tensor& gram, const at::Tensor& weights, double rho, int64_t rescale) {
+  const int64_t n = check_solver_inputs(gram, weights);
+  TORCH_CHECK(rescale >= 0 && rescale <= 2, "camegrad: rescale must be 0, 1 or 2, got ", rescale);
+  return solve(gram, weights, n, [&](auto M, auto w, int64_t n_, auto... out) {
+    return launch_cagrad(M, w, n_, rho, int(rescale), out...);
+  });
+}
+
+Solved mgda_coefficients(const at::Tensor& gram, const at::Tensor& weights, c10::string_view normalization) {
+  const int64_t n = check_solver_inputs(gram, weights);
+  TORCH_CHECK(normalization == "none" || normalization == "l2",
+              "camegrad: normalization must be 'none' or 'l2', got '", normalization, "'");
+  const bool l2 = normalization == "l2";
+  return solve(gram, weights, n,
+               [&](auto M, auto w, int64_t n_, auto... out) { return launch_mgda(M, w, n_, l2, out...); });
+}
+
+Solved pcgrad_coefficients(const at::Tensor& gram, const at::Tensor& weights, const at::Tensor& order,
+                           c10::string_view reduction) {
+  const int64_t n = check_solver_inputs(gram, weights);
+  TORCH_CHECK(
+      order.dim() == 2 && order.size(0) == n && order.size(1) == n && order.scalar_type() == at::kLong,
+      "camegrad: order must be an int64 [", n, ", ", n, "] tensor, got ", order.scalar_type(), " ",
+      order.sizes());
+  TORCH_CHECK(order.device() == gram.device(), "camegrad: order must be on ", gram.device(), ", got ",
+              order.device());
+  TORCH_CHECK(reduction == "sum" || reduction == "mean", "camegrad: reduction must be 'sum' or 'mean', got '",
+              reduction, "'");
+  const bool mean = reduction == "mean";
+  return solve(gram, weights, n, [&](auto M, auto w, int64_t n_, auto... out) {
+    const at::Tensor o = order.contiguous();  // a copy (if any) is freed in stream order
+    return launch_pcgrad(M, w, o.const_data_ptr<int64_t>(), n_, mean, out...);
+  });
 }
 
 void combine_out(const at::Tensor& grads, const at::Tensor& coeffs, const std::optional<at::Tensor>& skip,
@@ -179,6 +229,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 TORCH_LIBRARY_IMPL(camegrad, CUDA, m) {
   m.impl("gram", &gram);
   m.impl("coefficients", &coefficients);
+  m.impl("cagrad_coefficients", &cagrad_coefficients);
+  m.impl("mgda_coefficients", &mgda_coefficients);
+  m.impl("pcgrad_coefficients", &pcgrad_coefficients);
   m.impl("combine", &combine);
   m.impl("combine_out", &combine_out);
   m.impl("step", &step);

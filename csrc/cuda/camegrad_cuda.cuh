@@ -53,6 +53,22 @@ template <typename A>
 cudaError_t launch_solve(const A* M, const A* w, int64_t n, double rho, double kappa, double nu, double eps,
                          int stages, A* alpha, A* coeffs, A* gap, uint8_t* skipped, cudaStream_t stream);
 
+// The baselines of camegrad_kernels/methods.py on M [n, n] and weights w [n]
+// (A = float or double; n up to kSolveMaxN), in double by one thread block,
+// with the outputs of launch_solve (alpha and the gap NaN for PCGrad).
+// CAGrad (rescale 0, 1 or 2) and MGDA (l2: normalization "l2") run the solve
+// kernel; PCGrad visits the tasks in order [n, n] (int64; row i: task i's
+// order, entries outside [0, n) and j == i skipped) and sums when !mean.
+template <typename A>
+cudaError_t launch_cagrad(const A* M, const A* w, int64_t n, double rho, int rescale, A* alpha, A* coeffs,
+                          A* gap, uint8_t* skipped, cudaStream_t stream);
+template <typename A>
+cudaError_t launch_mgda(const A* M, const A* w, int64_t n, bool l2, A* alpha, A* coeffs, A* gap,
+                        uint8_t* skipped, cudaStream_t stream);
+template <typename A>
+cudaError_t launch_pcgrad(const A* M, const A* w, const int64_t* order, int64_t n, bool mean, A* alpha,
+                          A* coeffs, A* gap, uint8_t* skipped, cudaStream_t stream);
+
 // out [d] = coeffs^T G, accumulated in acc_t<T>, written as O (T or acc_t<T>);
 // zeros when skip (a device byte, may be null) is non-zero.
 template <typename T, typename O>

@@ -5,6 +5,10 @@
 // so all data-dependent decisions are uniform. The work is fixed (the loop
 // counts of solver.py), the only host-side work is the launch.
 //
+// The same kernel runs two baselines of camegrad_kernels/methods.py on the
+// weighted Gram Mw = M w w^T: CAGrad (CAME-Grad's Stage 1 with weights 1) and
+// MGDA (the dual with b = 0: the min-norm point of the convex hull).
+//
 // Shared memory holds Mh = M / max(diag M) and a second n x n work matrix: M
 // itself, then P Mh P for the power iteration, then each face system.
 // The scalar steps (segment line search, clamps, constants) are those of the
@@ -12,6 +16,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "block_solver.cuh"
 #include "camegrad_cuda.cuh"
 #include "solver.h"
 
@@ -22,119 +27,7 @@ namespace {
 namespace sv = camegrad::solver;
 using sv::clamp_min;
 using sv::TINY;
-
-constexpr unsigned kFull = 0xffffffffu;
-
-struct Add {
-  __device__ double operator()(double a, double b) const { return a + b; }
-};
-struct Max {
-  __device__ double operator()(double a, double b) const { return fmax(a, b); }
-};
-struct Min {
-  __device__ double operator()(double a, double b) const { return fmin(a, b); }
-};
-
-// W warps: 1 for n <= 32 (warp-synchronous, no block barriers), 2 for n <= 64.
-template <int W>
-struct Team {
-  static constexpr int kThreads = 32 * W;
-  int tid, top;  // top: first xor-shuffle offset covering lanes [0, n)
-  double* red;   // [2][W][4] ping-pong partials: one barrier per reduction
-  int phase;
-
-  __device__ Team(int n, double* red_) : tid(threadIdx.x), top(16), red(red_), phase(0) {
-    if (W == 1)
-      while (top > 0 && top >= n) top >>= 1;  // smallest top with 2 * top >= n (0 for n = 1)
-  }
-  __device__ void sync() const {
-    if (W == 1)
-      __syncwarp();
-    else
-      __syncthreads();
-  }
-  __device__ double* slot() {
-    double* s = red + phase * W * 4;
-    phase ^= 1;
-    return s;
-  }
-
-  // K values reduced with op over the block, the same result in every thread.
-  template <int K, class Op>
-  __device__ void reduce(double (&v)[K], Op op) {
-    for (int off = top; off > 0; off >>= 1)
-#pragma unroll
-      for (int k = 0; k < K; ++k) v[k] = op(v[k], __shfl_xor_sync(kFull, v[k], off));
-    if (W == 1) {
-      if (top < 16)  // lanes beyond 2 * top did not take part: broadcast lane 0
-#pragma unroll
-        for (int k = 0; k < K; ++k) v[k] = __shfl_sync(kFull, v[k], 0);
-      return;
-    }
-    double* s = slot();
-    if ((tid & 31) == 0)
-#pragma unroll
-      for (int k = 0; k < K; ++k) s[(tid >> 5) * 4 + k] = v[k];
-    sync();
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      double a = s[k];
-      for (int w = 1; w < W; ++w) a = op(a, s[w * 4 + k]);
-      v[k] = a;
-    }
-  }
-  __device__ double sum(double x) {
-    double v[1] = {x};
-    reduce(v, Add{});
-    return v[0];
-  }
-
-  // Index of the largest value, the first such index on ties (LAPACK's idamax).
-  // Values must not be NaN.
-  __device__ int argmax(double v, int i) {
-    for (int off = 16; off > 0; off >>= 1) {
-      const double ov = __shfl_xor_sync(kFull, v, off);
-      const int oi = __shfl_xor_sync(kFull, i, off);
-      if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
-    }
-    if (W == 1) return i;
-    double* s = slot();
-    if ((tid & 31) == 0) s[(tid >> 5) * 4] = v, s[(tid >> 5) * 4 + 1] = i;
-    sync();
-    v = s[0], i = int(s[1]);
-    for (int w = 1; w < W; ++w)
-      if (s[w * 4] > v) v = s[w * 4], i = int(s[w * 4 + 1]);  // earlier warps hold lower indices
-    return i;
-  }
-
-  __device__ bool all(bool p) {
-    if (W == 1) return __all_sync(kFull, p);
-    return __syncthreads_and(p);
-  }
-  __device__ int count(bool p) {
-    if (W == 1) return __popc(__ballot_sync(kFull, p));
-    return __syncthreads_count(p);
-  }
-  // Exclusive prefix count of p (in thread order); total gets the count.
-  __device__ int prefix(bool p, int& total) {
-    const unsigned mask = __ballot_sync(kFull, p);
-    int before = __popc(mask & ((1u << (tid & 31)) - 1u));
-    if (W == 1) {
-      total = __popc(mask);
-      return before;
-    }
-    double* s = slot();
-    if ((tid & 31) == 0) s[(tid >> 5) * 4] = __popc(mask);
-    sync();
-    total = 0;
-    for (int w = 0; w < W; ++w) {
-      const int c = int(s[w * 4]);
-      before += w < (tid >> 5) ? c : 0;
-      total += c;
-    }
-    return before;
-  }
-};
+using namespace block;
 
 // Row stride of the two shared matrices: odd, so that thread i's row i falls on
 // its own banks; n + 2 columns hold a face system with its two right-hand sides.
@@ -182,6 +75,16 @@ struct Solver {
     if (act)
       for (int j = 0; j < n; ++j) y += A[tid * ld + j] * xs[j];
     return y;
+  }
+
+  // wk_ij = (wk_ij x_i) x_j, rounded as torch's M * x[:, None] * x[None, :]; x_i
+  // from every thread, each thread scales its own row.
+  __device__ void scale(double x) {
+    sync();  // wk is written, earlier readers of xs are done
+    xs[tid] = x;
+    sync();
+    if (act)
+      for (int j = 0; j < n; ++j) wk[tid * ld + j] = wk[tid * ld + j] * x * xs[j];
   }
 
   // solver.project_simplex: descending sort by rank (ties by index), cumsum in
@@ -234,6 +137,7 @@ struct Solver {
       if (isnan(mag)) mag = INFINITY;  // keep the argmax uniform; the pivot check fails it
       const int p = team.argmax(mag, tid);
       if (p != k) {
+        sync();  // the reads of column k above are done (argmax's shuffles do not order memory)
         for (int j = k + tid; j <= m + 1; j += Team<W>::kThreads) {
           const double t = wk[k * ld + j];
           wk[k * ld + j] = wk[p * ld + j];
@@ -374,80 +278,118 @@ struct Solver {
   }
 };
 
-// M (as double) into wk; whether this thread's entries were all finite.
-template <typename A>
-__device__ bool load_gram(const A* M, double* wk, int n, int ld, int tid, int threads) {
-  bool finite = true;
-  for (int e = tid; e < n * n; e += threads) {
-    const double v = M[e];
-    finite = finite && isfinite(v);
-    wk[(e / n) * ld + e % n] = v;
-  }
-  return finite;
-}
+// What solve_kernel computes.
+enum class Method : int {
+  kCameGrad,  // solver.camegrad_coefficients on M
+  kCAGrad,    // methods.cagrad_coefficients: the above on Mw, weights 1, RECTIFY only
+  kMGDA,      // methods.mgda_coefficients: the min-norm point of Mw (or of the l2-normalised gradients)
+};
+
+struct Problem {
+  Method method;
+  double rho, kappa, nu, eps;  // CAME-Grad (CAGrad: rho, then 1, 0, 0)
+  int stages;                  // CAME-Grad (CAGrad: RECTIFY)
+  double factor;               // CAGrad: coeffs = w a_u / factor (the rescale option)
+  bool l2;                     // MGDA: normalization "l2"
+};
 
 template <typename A, int W>
 __global__ void __launch_bounds__(32 * W)
-    solve_kernel(const A* __restrict__ M, const A* __restrict__ w, int n, double rho, double kappa, double nu,
-                 double eps, int stages, A* __restrict__ alpha_out, A* __restrict__ coeffs_out,
-                 A* __restrict__ gap_out, uint8_t* __restrict__ skipped) {
+    solve_kernel(const A* __restrict__ M, const A* __restrict__ w, int n, Problem p,
+                 A* __restrict__ alpha_out, A* __restrict__ coeffs_out, A* __restrict__ gap_out,
+                 uint8_t* __restrict__ skipped) {
   extern __shared__ double smem[];
   Solver<W> S(smem, n);
   const int tid = S.tid;
   const bool act = S.act;
-  if (!S.team.all(load_gram(M, S.wk, n, S.ld, tid, Team<W>::kThreads))) {  // uniform: the whole block leaves
+  const double wi = act ? double(w[tid]) : 0.0;
+  // wk = the method's matrix: M for CAME-Grad; Mw = M w w^T (the weighted
+  // gradients w_i g_i) for the baselines, which MGDA "l2" normalises to
+  // Mn = Mw inv inv^T (inv_i = 1 / ||w_i g_i||, 0 for a zero gradient).
+  // Returns whether the entries of M this thread read were finite.
+  double inv = 1.0;
+  auto load = [&] {
+    const bool finite =
+        load_gram(M, p.method == Method::kCameGrad ? nullptr : w, S.wk, n, S.ld, tid, Team<W>::kThreads);
+    if (p.method == Method::kMGDA && p.l2) {
+      S.sync();
+      const double norm = act ? sqrt(clamp_min(S.wk[tid * S.ld + tid], 0.0)) : 0.0;
+      inv = norm > 0 ? 1.0 / clamp_min(norm, TINY) : 0.0;
+      S.scale(inv);
+    }
+    return finite;
+  };
+  if (!S.team.all(load())) {  // uniform: the whole block leaves
     if (act) alpha_out[tid] = A(NAN), coeffs_out[tid] = A(0);
     if (tid == 0) *gap_out = A(NAN), *skipped = 1;
     return;
   }
   S.sync();
-
-  const double a_mu = act ? 1.0 / n : 0.0;
-  const double b = S.matvec(S.wk, a_mu);
-  const double s = rho * sqrt(clamp_min(S.team.sum(a_mu * b), 0.0));
-  const double wi = act ? double(w[tid]) : 0.0;
   double dm[1] = {act ? S.wk[tid * S.ld + tid] : -INFINITY};
   S.team.reduce(dm, Max{});
-  const double diag_max = dm[0], max_norm = sqrt(clamp_min(diag_max, 0.0));
-  const double r_tol = sv::relative_tolerance(sizeof(A) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON);
+  const double diag_max = dm[0];
 
-  double alpha = NAN, a_u = wi, gap = NAN;
-  if (stages & sv::RECTIFY) {
-    alpha = S.solve_dual(b, s, diag_max);
+  double alpha = NAN, coeffs, gap = NAN;
+  if (p.method == Method::kMGDA) {
+    // Any s > 0 has the same argmin; s = sqrt(max_i Mn_ii) keeps the problem O(1).
+    const double scale = clamp_min(diag_max, TINY);
+    alpha = clamp_min(S.solve_dual(0.0, sqrt(scale), diag_max), 0.0);
+    // Back onto the simplex (the iterates drift ~1e-10 on singular Grams).
+    const double total = S.team.sum(alpha);
+    const bool ok = total > 0 && isfinite(total);
+    alpha = !act ? 0.0 : ok ? alpha / clamp_min(total, TINY) : 1.0 / n;
     S.sync();  // the face systems in wk are read no more
-    load_gram(M, S.wk, n, S.ld, tid, Team<W>::kThreads);
+    load();
     const double Ma = S.matvec(S.wk, alpha);
-    const double r = sqrt(clamp_min(S.team.sum(alpha * Ma), 0.0));
-    const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
-    a_u = act ? a_mu + k * alpha : 0.0;
-    gap = S.gap(S.wk, max_norm, b, s, alpha, r_tol);
+    const double aMa = S.team.sum(alpha * Ma);
+    double ma_min[1] = {act ? Ma : INFINITY};
+    S.team.reduce(ma_min, Min{});
+    gap = clamp_min((aMa - ma_min[0]) / scale, 0.0);  // Frank-Wolfe: 0 at the min-norm point
+    coeffs = wi * inv * alpha;
+  } else {
+    const double ws = p.method == Method::kCAGrad ? (act ? 1.0 : 0.0) : wi;  // the solver's weights
+    const double a_mu = act ? 1.0 / n : 0.0;
+    const double b = S.matvec(S.wk, a_mu);
+    const double s = p.rho * sqrt(clamp_min(S.team.sum(a_mu * b), 0.0));
+    const double max_norm = sqrt(clamp_min(diag_max, 0.0));
+    const double r_tol = sv::relative_tolerance(sizeof(A) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON);
+
+    double a_u = ws;
+    if (p.stages & sv::RECTIFY) {
+      alpha = S.solve_dual(b, s, diag_max);
+      S.sync();  // the face systems in wk are read no more
+      load();
+      const double Ma = S.matvec(S.wk, alpha);
+      const double r = sqrt(clamp_min(S.team.sum(alpha * Ma), 0.0));
+      const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
+      a_u = act ? a_mu + k * alpha : 0.0;
+      gap = S.gap(S.wk, max_norm, b, s, alpha, r_tol);
+    }
+    double a_en = a_u, joint = ws;
+    if (p.stages & sv::RESCALE) {
+      const double tau = p.kappa * sqrt(clamp_min(S.team.sum(ws * S.matvec(S.wk, ws)), 0.0));
+      const double norm_u = sqrt(clamp_min(S.team.sum(a_u * S.matvec(S.wk, a_u)), 0.0));
+      const double denom = norm_u + p.eps;
+      a_en = denom > 0.0 ? a_u * (tau / denom) : 0.0;  // u = 0, eps = 0: keep 0, not 0/0
+      joint = p.kappa * ws;
+    }
+    const double fuse = (p.stages & sv::FUSE) ? p.nu : 0.0;
+    coeffs = (1.0 - fuse) * a_en + fuse * joint;
+    if (p.method == Method::kCAGrad) coeffs = wi * coeffs / p.factor;
   }
-  double a_en = a_u, joint = wi;
-  if (stages & sv::RESCALE) {
-    const double tau = kappa * sqrt(clamp_min(S.team.sum(wi * S.matvec(S.wk, wi)), 0.0));
-    const double norm_u = sqrt(clamp_min(S.team.sum(a_u * S.matvec(S.wk, a_u)), 0.0));
-    const double denom = norm_u + eps;
-    a_en = denom > 0.0 ? a_u * (tau / denom) : 0.0;  // u = 0, eps = 0: keep 0, not 0/0
-    joint = kappa * wi;
-  }
-  const double fuse = (stages & sv::FUSE) ? nu : 0.0;
-  const double coeffs = (1.0 - fuse) * a_en + fuse * joint;
   if (act) alpha_out[tid] = A(alpha), coeffs_out[tid] = A(coeffs);
   if (tid == 0) *gap_out = A(gap), *skipped = 0;
 }
 
-template <typename A, int W>
-cudaError_t launch(const A* M, const A* w, int n, double rho, double kappa, double nu, double eps, int stages,
-                   A* alpha, A* coeffs, A* gap, uint8_t* skipped, cudaStream_t stream) {
-  const size_t smem = shared_bytes<W>(n);
-  if (smem > 48 * 1024) {  // above the default limit needs an opt-in (capture safe: not a stream op)
-    const cudaError_t err =
-        cudaFuncSetAttribute(solve_kernel<A, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-  }
-  solve_kernel<A, W><<<1, Team<W>::kThreads, smem, stream>>>(M, w, n, rho, kappa, nu, eps, stages, alpha,
-                                                             coeffs, gap, skipped);
-  return cudaSuccess;
+template <typename A>
+cudaError_t launch(const A* M, const A* w, int64_t n, const Problem& p, A* alpha, A* coeffs, A* gap,
+                   uint8_t* skipped, cudaStream_t stream) {
+  if (n < 1 || n > kSolveMaxN) return cudaErrorInvalidValue;
+  if (n <= 32)
+    return launch_block(solve_kernel<A, 1>, Team<1>::kThreads, shared_bytes<1>(int(n)), stream, M, w, int(n),
+                        p, alpha, coeffs, gap, skipped);
+  return launch_block(solve_kernel<A, 2>, Team<2>::kThreads, shared_bytes<2>(int(n)), stream, M, w, int(n), p,
+                      alpha, coeffs, gap, skipped);
 }
 
 }  // namespace
@@ -455,16 +397,36 @@ cudaError_t launch(const A* M, const A* w, int n, double rho, double kappa, doub
 template <typename A>
 cudaError_t launch_solve(const A* M, const A* w, int64_t n, double rho, double kappa, double nu, double eps,
                          int stages, A* alpha, A* coeffs, A* gap, uint8_t* skipped, cudaStream_t stream) {
-  if (n < 1 || n > kSolveMaxN) return cudaErrorInvalidValue;
-  if (n <= 32)
-    return launch<A, 1>(M, w, int(n), rho, kappa, nu, eps, stages, alpha, coeffs, gap, skipped, stream);
-  return launch<A, 2>(M, w, int(n), rho, kappa, nu, eps, stages, alpha, coeffs, gap, skipped, stream);
+  const Problem p{Method::kCameGrad, rho, kappa, nu, eps, stages, 1.0, false};
+  return launch(M, w, n, p, alpha, coeffs, gap, skipped, stream);
 }
 
-template cudaError_t launch_solve<float>(const float*, const float*, int64_t, double, double, double, double,
-                                         int, float*, float*, float*, uint8_t*, cudaStream_t);
-template cudaError_t launch_solve<double>(const double*, const double*, int64_t, double, double, double,
-                                          double, int, double*, double*, double*, uint8_t*, cudaStream_t);
+template <typename A>
+cudaError_t launch_cagrad(const A* M, const A* w, int64_t n, double rho, int rescale, A* alpha, A* coeffs,
+                          A* gap, uint8_t* skipped, cudaStream_t stream) {
+  if (rescale < 0 || rescale > 2) return cudaErrorInvalidValue;
+  const double factor = rescale == 1 ? 1.0 + rho * rho : rescale == 2 ? 1.0 + rho : 1.0;
+  const Problem p{Method::kCAGrad, rho, 1.0, 0.0, 0.0, sv::RECTIFY, factor, false};
+  return launch(M, w, n, p, alpha, coeffs, gap, skipped, stream);
+}
+
+template <typename A>
+cudaError_t launch_mgda(const A* M, const A* w, int64_t n, bool l2, A* alpha, A* coeffs, A* gap,
+                        uint8_t* skipped, cudaStream_t stream) {
+  const Problem p{Method::kMGDA, 0.0, 0.0, 0.0, 0.0, 0, 1.0, l2};
+  return launch(M, w, n, p, alpha, coeffs, gap, skipped, stream);
+}
+
+#define CAMEGRAD_SOLVE(A)                                                                                    \
+  template cudaError_t launch_solve<A>(const A*, const A*, int64_t, double, double, double, double, int, A*, \
+                                       A*, A*, uint8_t*, cudaStream_t);                                      \
+  template cudaError_t launch_cagrad<A>(const A*, const A*, int64_t, double, int, A*, A*, A*, uint8_t*,      \
+                                        cudaStream_t);                                                       \
+  template cudaError_t launch_mgda<A>(const A*, const A*, int64_t, bool, A*, A*, A*, uint8_t*,               \
+                                      cudaStream_t);
+CAMEGRAD_SOLVE(float)
+CAMEGRAD_SOLVE(double)
+#undef CAMEGRAD_SOLVE
 
 }  // namespace cuda
 }  // namespace camegrad
