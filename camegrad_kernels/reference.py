@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from . import solver
-from .backends.reference import accumulate_dtype as _accumulate_dtype
 
 REFERENCE_GAP = 1e-9
 _REFERENCE_ITERS = 512
@@ -35,14 +34,21 @@ class ReferenceInfo:
     duality_gap: Tensor
 
 
-def solve_dual(g: Tensor, mu: Tensor, rho: float) -> tuple[Tensor, Tensor]:
-    """alpha* of Eq. 9 for the rows of g [n, d] (float64) and its normalised gap."""
+def solve_dual(g: Tensor, mu: Tensor, rho: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 9 for the rows of g [n, d] (float64), smoothed at float64 precision.
+
+    Returns (alpha*, k, gap): u_rect = mu + k g_alpha with k = rho ||mu|| / r',
+    r' = sqrt(||g_alpha||^2 + gamma (sum_i alpha_i ||g_i||)^2) (docs/camegrad.md
+    §3: r' = r up to gamma unless r* = 0, where Eq. 10 has no answer and r' gives
+    a primal-optimal u), and the normalised duality gap of that u.
+    """
     M = g @ g.T
     b = g @ mu
     s = rho * mu.norm()
-    alpha = solver.solve_dual(M, b, s, iters=_REFERENCE_ITERS)
-    gap = solver.duality_gap(M, b, s, alpha, solver.relative_tolerance(torch.float64))
-    return alpha, gap
+    Ms = solver.smoothed_gram(M, solver.smoothing(torch.float64))
+    alpha = solver.solve_dual(Ms, b, s, iters=_REFERENCE_ITERS)
+    k = solver.rectify_scale(Ms, s, alpha)
+    return alpha, k, solver.duality_gap(M, b, s, alpha, k)
 
 
 def camegrad_step(
@@ -73,21 +79,13 @@ def camegrad_step(
 
     # Stage 1: conflict-averse direction rectification (Eq. 8-10).
     if "rectify" in use:
-        alpha, gap = solve_dual(g, mu, rho)
+        alpha, k, gap = solve_dual(g, mu, rho)
         g_alpha = (alpha[:, None] * g).sum(dim=0)
-        r = g_alpha.norm()
-        max_norm = g.norm(dim=1).max()
-        # r is compared at the precision of the Gram matrix the fast paths form.
-        well_posed = r > solver.relative_tolerance(_accumulate_dtype(grads.dtype)) * max_norm
-        # The certificate needs r > 0; rank-deficient Grams are degenerate duals
-        # that the fixed-work solver may not close (README, Limits).
-        full_rank = torch.linalg.matrix_rank(g @ g.T, hermitian=True) == n
-        if well_posed and full_rank and gap > REFERENCE_GAP:
+        # Smoothing costs at most rho sqrt(gamma) of the primal optimum (normalised).
+        bound = REFERENCE_GAP + rho * solver.smoothing(torch.float64) ** 0.5
+        if gap > bound:
             raise RuntimeError(f"reference dual solver stopped at gap {gap.item():.3e}")
-        if well_posed:
-            u_rect = mu + (rho * mu.norm() / r) * g_alpha
-        else:  # 0 in the convex hull of the gradients: keep the mean
-            u_rect = mu.clone()
+        u_rect = mu + k * g_alpha
     else:
         alpha = torch.full((n,), float("nan"), dtype=torch.float64, device=g.device)
         gap = torch.tensor(float("nan"), dtype=torch.float64, device=g.device)

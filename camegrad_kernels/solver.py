@@ -29,27 +29,58 @@ STAGE_FLAGS = {"rectify": RECTIFY, "rescale": RESCALE, "fuse": FUSE}
 # Keep in step with csrc/cpu/solver.h (the CUDA solver uses it too).
 DUAL_ITERS = 128
 POLISH_EVERY = 8
+# gamma = max(SMOOTHING_DATA eps(Gram), SMOOTHING_WORK eps(work)), see smoothing().
+# Keep in step with csrc/cpu/solver.h.
+SMOOTHING_DATA = 16.0
+SMOOTHING_WORK = 1e4
+PRECOND_FLOOR = 1e-30  # the smallest diagonal weight of the projected-gradient metric
 
 
-def relative_tolerance(dtype: torch.dtype) -> float:
-    """r / max_i ||g_i|| below which g_alpha is taken as 0 (0 in the convex hull).
+def smoothing(gram_dtype: torch.dtype, work: torch.dtype = torch.float64) -> float:
+    """gamma, the relative weight of the smoothing term of the dual (docs/camegrad.md §3).
 
-    r^2 = a^T M a loses about eps(dtype) * max diag(M) to cancellation, so r is
-    only known to about sqrt(eps) * max ||g_i||.
+    r^2 = a^T M a is known only to about eps * (sum_i a_i ||g_i||)^2: the Gram's
+    rounding of each M_ij is relative to ||g_i|| ||g_j||, and evaluating a^T M a
+    in the work dtype cancels to that level too. So the dual is solved on
+    M + gamma n n^T with n_i = ||g_i||, i.e. r becomes
+    r' = sqrt(r^2 + gamma (sum_i a_i ||g_i||)^2): the same as r unless r sits at
+    that noise floor, scaled by the alpha-weighted norms (never by the largest
+    norm), and never a noisy 0 to divide by. The rectified direction then falls
+    short of the primal optimum by at most rho sqrt(gamma) (normalised), and the
+    duality gap reports by how much it does.
     """
-    return 10.0 * math.sqrt(torch.finfo(dtype).eps)
+    return max(SMOOTHING_DATA * torch.finfo(gram_dtype).eps, SMOOTHING_WORK * torch.finfo(work).eps)
 
 
-def project_simplex(v: Tensor) -> Tensor:
-    """Euclidean projection of v [n] onto the unit simplex (sort based, exact)."""
-    n = v.shape[-1]
-    u, _ = torch.sort(v, descending=True)
-    css = torch.cumsum(u, dim=-1) - 1.0
-    k = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
+def smoothed_gram(M: Tensor, gamma: float) -> Tensor:
+    """M + gamma n n^T with n_i = sqrt(M_ii): the Gram of the rows [g_i, sqrt(gamma) ||g_i||]."""
+    norms = torch.sqrt(torch.diagonal(M).clamp_min(0.0))
+    return M + gamma * (norms[:, None] * norms[None, :])
+
+
+def rectify_scale(Ms: Tensor, s: Tensor, alpha: Tensor) -> Tensor:
+    """k with a_u = a_mu + k alpha (Eq. 10 on the smoothed dual): s / r', 0 when r' = 0."""
+    r = torch.sqrt((alpha @ (Ms @ alpha)).clamp_min(0.0))
+    return torch.where(r > 0, s / r.clamp_min(torch.finfo(Ms.dtype).tiny), torch.zeros_like(r))
+
+
+def project_simplex(v: Tensor, w: Tensor | None = None) -> Tensor:
+    """Projection of v [n] onto the unit simplex in the norm sum_i w_i x_i^2 (sort based, exact).
+
+    The minimiser is x_i = max(0, v_i - theta / w_i): with the breakpoints
+    t_i = w_i v_i sorted in decreasing order, the support is the prefix on which
+    t_k > theta_k = (sum_{j<=k} v_j - 1) / (sum_{j<=k} 1 / w_j). w = None is
+    the Euclidean projection (all w_i = 1).
+    """
+    if w is None:
+        w = torch.ones_like(v)
+    order = torch.argsort(w * v, descending=True)
+    t, vs, iw = (w * v)[order], v[order], (1.0 / w)[order]
+    theta_k = (torch.cumsum(vs, dim=-1) - 1.0) / torch.cumsum(iw, dim=-1)
     # The condition holds on a prefix, so its count is the support size.
-    count = (u - css / k > 0).sum(dim=-1, keepdim=True).clamp_min(1)
-    theta = torch.gather(css, -1, count - 1) / count.to(v.dtype)
-    return (v - theta).clamp_min(0.0)
+    count = (t - theta_k > 0).sum(dim=-1, keepdim=True).clamp_min(1)
+    theta = torch.gather(theta_k, -1, count - 1)
+    return (v - theta * (1.0 / w)).clamp_min(0.0)
 
 
 def _segment_step(beta: Tensor, p: Tensor, q: Tensor, m: Tensor, s: Tensor) -> Tensor:
@@ -100,17 +131,20 @@ def _face_solve(M: Tensor, b: Tensor, s: Tensor, support: Tensor) -> Tensor:
     """
     n = M.shape[0]
     dtype = M.dtype
+    tiny = torch.finfo(dtype).tiny
     S = support.to(dtype)
     eye = torch.eye(n, dtype=dtype, device=M.device)
-    # Guard rank-deficient faces (collinear tasks, n > d): a relative ridge.
+    # Solve in the Jacobi-scaled basis (unit diagonal on the face), so that tasks
+    # whose norms differ by orders of magnitude are treated alike, with a relative
+    # ridge that guards rank-deficient faces (collinear tasks, n > d).
+    inv = S / torch.sqrt(torch.diagonal(M).clamp_min(tiny))
     ridge = 8.0 * n * torch.finfo(dtype).eps
-    Ms = M * S[:, None] * S[None, :] + eye * (1.0 - S) + eye * (ridge * S)
-    rhs = torch.stack([S, b * S], dim=1)
+    Ms = M * inv[:, None] * inv[None, :] + eye * (1.0 - S) + eye * (ridge * S)
+    rhs = torch.stack([inv, b * inv], dim=1)
     X, _ = torch.linalg.solve_ex(Ms, rhs)
-    p, q = X[:, 0] * S, X[:, 1] * S
+    p, q = X[:, 0] * inv, X[:, 1] * inv
     A, B, C = S @ p, S @ q, (b * S) @ q
     D = B * B - A * (C - s * s)
-    tiny = torch.finfo(dtype).tiny
     sqrt_d = torch.sqrt(D.clamp_min(tiny))
     lam = (B + sqrt_d) / A.clamp_min(tiny)
     alpha = ((lam * p - q) / sqrt_d).clamp_min(0.0)
@@ -125,16 +159,18 @@ def _objective(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor) -> Tensor:
     return alpha @ b + s * torch.sqrt((alpha @ (M @ alpha)).clamp_min(0.0))
 
 
-def duality_gap(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor, r_tol: float) -> Tensor:
-    """Normalised duality gap of alpha (design note §2): F(alpha) - min_i (M a_u)_i.
+def duality_gap(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor, k: Tensor) -> Tensor:
+    """Normalised duality gap (design note §2) of alpha and the primal point a_u = a_mu + k alpha.
 
-    Normalised by ||mu|| * max_i ||g_i||; 0 when everything is 0.
+    F(alpha) - min_i (M a_u)_i, normalised by ||mu|| max_i ||g_i|| (0 when all is
+    0). With ||u - mu|| = k r <= s (as :func:`rectify_scale` guarantees), u is
+    feasible for Eq. 8, so by weak duality this bounds how far u falls short of
+    the primal optimum whatever solver produced alpha, r* = 0 included.
     """
     tiny = torch.finfo(M.dtype).tiny
     Ma = M @ alpha
     r = torch.sqrt((alpha @ Ma).clamp_min(0.0))
     max_norm = torch.sqrt(torch.diagonal(M).max().clamp_min(0.0))
-    k = torch.where(r > r_tol * max_norm, s / r.clamp_min(tiny), torch.zeros_like(r))
     primal = (b + k * Ma).min()
     dual = alpha @ b + s * r
     mu_norm = torch.sqrt((b.mean()).clamp_min(0.0))
@@ -164,6 +200,10 @@ def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tens
     Ma = Mh @ alpha
     r = torch.sqrt((alpha @ Ma).clamp_min(0.0)).clamp_min(tiny)
     grad = bh + sh * Ma / r
+    # Diagonal (Jacobi) metric: the steps and the projection are in the norm
+    # sum_i w_i x_i^2, w_i = Mh_ii, so that tasks of very different norms move
+    # at their own scale (floored, so a zero gradient stays finite).
+    wd = torch.diagonal(Mh).clamp_min(PRECOND_FLOOR)
     eta = r / (sh * lam + 1e-6 * r)
     z = alpha
     for it in range(iters):
@@ -175,7 +215,7 @@ def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tens
             Ma = Mh @ alpha
             r = torch.sqrt((alpha @ Ma).clamp_min(0.0)).clamp_min(tiny)
             grad = bh + sh * Ma / r
-        z = project_simplex(alpha - eta * grad)
+        z = project_simplex(alpha - eta * grad / wd, wd)
         d = z - alpha
         Md = Mh @ d
         t = _segment_step(d @ bh, r * r, Ma @ d, d @ Md, sh)
@@ -187,11 +227,11 @@ def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tens
         # segment search keeps every step monotone whatever eta is.
         step, dgrad = t * d, grad_new - grad
         curv = step @ dgrad
-        eta = torch.where(curv > tiny, (step @ step) / curv.clamp_min(tiny), eta).clamp(1e-10, 1e10)
+        eta = torch.where(curv > tiny, (step @ (wd * step)) / curv.clamp_min(tiny), eta).clamp(1e-10, 1e10)
         grad = grad_new
     polished = _face_solve(Mh, bh, sh, z > 0)
-    r_tol = relative_tolerance(dtype)
-    better = duality_gap(Mh, bh, sh, polished, r_tol) < duality_gap(Mh, bh, sh, alpha, r_tol)
+    gap_polished = duality_gap(Mh, bh, sh, polished, rectify_scale(Mh, sh, polished))
+    better = gap_polished < duality_gap(Mh, bh, sh, alpha, rectify_scale(Mh, sh, alpha))
     return torch.where(better, polished, alpha)
 
 
@@ -235,15 +275,13 @@ def camegrad_coefficients(
     nan = torch.full((), float("nan"), dtype=dtype, device=M.device)
 
     if stages & RECTIFY:
-        alpha = solve_dual(M, b, s)
-        Ma = M @ alpha
-        r = torch.sqrt((alpha @ Ma).clamp_min(0.0))
-        max_norm = torch.sqrt(torch.diagonal(M).max().clamp_min(0.0))
-        k = torch.where(
-            r > relative_tolerance(out_dtype) * max_norm, s / r.clamp_min(tiny), torch.zeros_like(r)
-        )
+        # The dual on the smoothed Gram at M's own precision (see smoothing()); b
+        # and s stay those of M (the extra coordinate of the rows is 0 in mu).
+        Ms = smoothed_gram(M, smoothing(out_dtype, dtype))
+        alpha = solve_dual(Ms, b, s)
+        k = rectify_scale(Ms, s, alpha)
         a_u = a_mu + k * alpha
-        gap = duality_gap(M, b, s, alpha, relative_tolerance(out_dtype))
+        gap = duality_gap(M, b, s, alpha, k)
     else:
         alpha = nan.expand(n).clone()
         a_u = w

@@ -89,5 +89,7 @@ def test_rank_deficient_gram_more_tasks_than_parameters():
     assert info.duality_gap <= reference.REFERENCE_GAP
 
 
-def test_relative_tolerance_tracks_the_dtype():
-    assert solver.relative_tolerance(torch.float32) > solver.relative_tolerance(torch.float64)
+def test_smoothing_tracks_the_dtype():
+    """gamma follows the Gram's precision, and the work dtype's below it."""
+    assert solver.smoothing(torch.float32) > solver.smoothing(torch.float64) > 0
+    assert solver.smoothing(torch.float64, torch.float32) > solver.smoothing(torch.float64)

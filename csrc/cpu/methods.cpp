@@ -49,11 +49,11 @@ Result cagrad_coefficients(const at::Tensor& gram, const at::Tensor& weights, do
   check_inputs("cagrad_coefficients", gram, weights);
   TORCH_CHECK(rescale >= 0 && rescale <= 2, "camegrad::cagrad_coefficients: expected rescale 0, 1 or 2, got ",
               rescale);
-  const double out_eps = gram.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
+  const double gram_eps = gram.scalar_type() == at::kFloat ? std::numeric_limits<float>::epsilon()
                                                           : std::numeric_limits<double>::epsilon();
   return run(gram, weights, [&](const double* M, const double* w, int n, double* alpha, double* coeffs,
                                 double* gap, bool* skipped, double* work) {
-    methods::cagrad_coefficients(M, w, n, rho, static_cast<int>(rescale), out_eps, alpha, coeffs, gap, skipped,
+    methods::cagrad_coefficients(M, w, n, rho, static_cast<int>(rescale), gram_eps, alpha, coeffs, gap, skipped,
                                  work);
   });
 }

@@ -42,13 +42,13 @@ CAMEGRAD_HD void finish(bool finite, double* alpha, double* coeffs, double* gap,
 // CAGrad: CAME-Grad's Stage 1 on the weighted Gram, divided by the public
 // code's rescale factor (0: 1, 1: 1 + rho^2, 2: 1 + rho).
 CAMEGRAD_HD void cagrad_coefficients(const double* M, const double* w, int n, double rho, int rescale,
-                                     double out_eps, double* alpha, double* coeffs, double* gap,
+                                     double gram_eps, double* alpha, double* coeffs, double* gap,
                                      bool* skipped, double* work) {
   double* Mw = work;
   double* ones = Mw + (long)n * n;
   const bool finite = weighted_gram(M, w, Mw, n);
   for (int i = 0; i < n; ++i) ones[i] = 1.0;
-  const solver::Params prm{rho, 1.0, 0.0, 0.0, solver::RECTIFY, out_eps};
+  const solver::Params prm{rho, 1.0, 0.0, 0.0, solver::RECTIFY, gram_eps};
   solver::camegrad_coefficients(Mw, ones, n, prm, alpha, coeffs, gap, skipped, ones + n);
   const double factor = rescale == 1 ? 1.0 + rho * rho : rescale == 2 ? 1.0 + rho : 1.0;
   for (int i = 0; i < n; ++i) coeffs[i] = w[i] * coeffs[i] / factor;
@@ -63,7 +63,7 @@ CAMEGRAD_HD void mgda_coefficients(const double* M, const double* w, int n, bool
   double* Mn = work;
   double* inv = Mn + nn;
   double* zeros = inv + n;
-  double* dual_work = zeros + n;  // 2n^2 + 12n, then Mn alpha
+  double* dual_work = zeros + n;  // 2n^2 + 17n, then Mn alpha
   const bool finite = weighted_gram(M, w, Mn, n);
   for (int i = 0; i < n; ++i) {
     const double norm = std::sqrt(clamp_min(Mn[(long)i * n + i], 0.0));

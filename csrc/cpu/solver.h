@@ -25,15 +25,19 @@ constexpr int DUAL_ITERS = 128;
 constexpr int POLISH_EVERY = 8;
 constexpr int POWER_ITERS = 16;
 constexpr double TINY = DBL_MIN;  // torch.finfo(float64).tiny
+// gamma = max(SMOOTHING_DATA eps(Gram), SMOOTHING_WORK eps(double)): solver.smoothing.
+constexpr double SMOOTHING_DATA = 16.0;
+constexpr double SMOOTHING_WORK = 1e4;
+constexpr double PRECOND_FLOOR = 1e-30;  // the smallest diagonal weight of the PG metric
 
 struct Params {
   double rho, kappa, nu, eps;
   int stages;
-  double out_eps;  // machine epsilon of the Gram's dtype (solver.py's out_dtype)
+  double gram_eps;  // machine epsilon of the Gram's dtype (solver.py's out_dtype)
 };
 
 // Scratch doubles needed by camegrad_coefficients for n tasks.
-CAMEGRAD_HD long workspace_size(long n) { return 3 * n * n + 15 * n; }
+CAMEGRAD_HD long workspace_size(long n) { return 4 * n * n + 20 * n; }
 
 // torch.clamp_min / clamp semantics: a NaN input stays NaN.
 CAMEGRAD_HD double clamp_min(double x, double lo) { return x < lo ? lo : x; }
@@ -42,7 +46,10 @@ CAMEGRAD_HD double clamp(double x, double lo, double hi) {
   return x > hi ? hi : x;
 }
 
-CAMEGRAD_HD double relative_tolerance(double dtype_eps) { return 10.0 * std::sqrt(dtype_eps); }
+// solver.smoothing: the relative weight gamma of the smoothing term of the dual.
+CAMEGRAD_HD double smoothing(double gram_eps) {
+  return std::fmax(SMOOTHING_DATA * gram_eps, SMOOTHING_WORK * DBL_EPSILON);
+}
 
 CAMEGRAD_HD double dot(const double* a, const double* b, int n) {
   double acc = 0.0;
@@ -71,26 +78,41 @@ CAMEGRAD_HD double quad_norm(const double* M, const double* x, double* Mx, int n
   return std::sqrt(clamp_min(dot(x, Mx, n), 0.0));
 }
 
-// Euclidean projection onto the unit simplex (sort based). u: n scratch.
-CAMEGRAD_HD void project_simplex(const double* v, double* out, double* u, int n) {
-  for (int i = 0; i < n; ++i) {  // insertion sort, descending (n is small)
-    const double x = v[i];
+// Projection onto the unit simplex in the norm sum_i w_i x_i^2 (solver.project_simplex):
+// x_i = max(0, v_i - theta / w_i), the breakpoints t_i = w_i v_i sorted in decreasing
+// order. sorted: 3n scratch.
+CAMEGRAD_HD void project_simplex(const double* v, const double* w, double* out, double* sorted, int n) {
+  double* t = sorted;
+  double* vs = t + n;
+  double* iw = vs + n;
+  for (int i = 0; i < n; ++i) {  // insertion sort, descending in t (n is small)
+    const double x = w[i] * v[i];
     int j = i;
-    for (; j > 0 && u[j - 1] < x; --j) u[j] = u[j - 1];
-    u[j] = x;
+    for (; j > 0 && t[j - 1] < x; --j) {
+      t[j] = t[j - 1];
+      vs[j] = vs[j - 1];
+      iw[j] = iw[j - 1];
+    }
+    t[j] = x;
+    vs[j] = v[i];
+    iw[j] = 1.0 / w[i];
   }
-  // count = how many k satisfy u_k - (cumsum_k - 1)/k > 0, as torch sums the mask.
+  // count = how many k satisfy t_k - theta_k > 0, as torch sums the mask.
   int count = 0;
-  double css = 0.0;
+  double cv = 0.0, ciw = 0.0;
   for (int k = 0; k < n; ++k) {
-    css += u[k];
-    if (u[k] - (css - 1.0) / (k + 1) > 0) ++count;
+    cv += vs[k];
+    ciw += iw[k];
+    if (t[k] - (cv - 1.0) / ciw > 0) ++count;
   }
   if (count < 1) count = 1;
-  css = 0.0;
-  for (int k = 0; k < count; ++k) css += u[k];
-  const double theta = (css - 1.0) / count;
-  for (int i = 0; i < n; ++i) out[i] = clamp_min(v[i] - theta, 0.0);
+  cv = ciw = 0.0;
+  for (int k = 0; k < count; ++k) {
+    cv += vs[k];
+    ciw += iw[k];
+  }
+  const double theta = (cv - 1.0) / ciw;
+  for (int i = 0; i < n; ++i) out[i] = clamp_min(v[i] - theta * (1.0 / w[i]), 0.0);
 }
 
 // phi(t) = beta t + s sqrt(p + 2 q t + m t^2), the dual objective along a segment.
@@ -134,21 +156,31 @@ CAMEGRAD_HD double power_lambda_max(const double* A, double* v, double* Av, int 
 // alpha. The ridged system M_S + ridge I is solved by Gaussian elimination with
 // partial pivoting (what torch.linalg.solve_ex's LU does); a zero or non-finite
 // pivot invalidates the candidate like LAPACK's inf/NaN result does in solver.py.
-// work: n*n + 2n scratch.
+// work: n*n + 3n scratch.
 CAMEGRAD_HD void face_solve(const double* M, const double* b, double s, const double* z, double* alpha,
                             double* work, int n) {
   double* A = work;  // compacted k x k system, k = |support|
   double* p = work + (long)n * n;
   double* q = p + n;
+  double* inv = q + n;  // Jacobi scaling, compacted: 1 / sqrt(M_ii) on the support
   const double ridge = 8.0 * n * DBL_EPSILON;
   int k = 0;
+  for (int i = 0; i < n; ++i)
+    if (z[i] > 0) inv[k++] = 1.0 / std::sqrt(clamp_min(M[(long)i * n + i], TINY));
+  // The system in the scaled basis (unit diagonal), so that tasks whose norms
+  // differ by orders of magnitude are treated alike; the ridge guards
+  // rank-deficient faces (collinear tasks, n > d).
+  k = 0;
   for (int i = 0; i < n; ++i) {
     if (!(z[i] > 0)) continue;
     int c = 0;
     for (int j = 0; j < n; ++j)
-      if (z[j] > 0) A[(long)k * n + c++] = M[(long)i * n + j] + (i == j ? ridge : 0.0);
-    p[k] = 1.0;  // right-hand sides: 1_S and b_S
-    q[k] = b[i];
+      if (z[j] > 0) {
+        A[(long)k * n + c] = M[(long)i * n + j] * inv[k] * inv[c] + (i == j ? ridge : 0.0);
+        ++c;
+      }
+    p[k] = inv[k];  // right-hand sides: 1_S and b_S, scaled
+    q[k] = b[i] * inv[k];
     ++k;
   }
   bool solved = true;
@@ -190,6 +222,10 @@ CAMEGRAD_HD void face_solve(const double* M, const double* b, double s, const do
     p[r] = sp / A[(long)r * n + r];
     q[r] = sq / A[(long)r * n + r];
   }
+  for (int r = 0; r < k && solved; ++r) {  // back from the scaled basis
+    p[r] *= inv[r];
+    q[r] *= inv[r];
+  }
   // A = 1^T p, B = 1^T q, C = b_S^T q (compacted entries are in support order).
   double Asum = 0.0, Bsum = 0.0, Csum = 0.0;
   for (int i = 0, c = 0; i < n && solved; ++i) {
@@ -222,12 +258,18 @@ CAMEGRAD_HD double objective(const double* M, const double* b, double s, const d
   return dot(alpha, b, n) + s * quad_norm(M, alpha, tmp, n);
 }
 
-// Normalised duality gap of alpha (design note §2). Ma: n scratch.
-CAMEGRAD_HD double duality_gap(const double* M, const double* b, double s, const double* alpha,
-                               double r_tol, double* Ma, int n) {
+// solver.rectify_scale: s / sqrt(alpha^T M alpha), 0 when the root is 0. Ma: n scratch.
+CAMEGRAD_HD double rectify_scale(const double* M, double s, const double* alpha, double* Ma, int n) {
+  const double r = quad_norm(M, alpha, Ma, n);
+  return r > 0 ? s / clamp_min(r, TINY) : 0.0;
+}
+
+// Normalised duality gap of alpha and the primal point a_mu + k alpha (solver.duality_gap).
+// Ma: n scratch.
+CAMEGRAD_HD double duality_gap(const double* M, const double* b, double s, const double* alpha, double k,
+                               double* Ma, int n) {
   const double r = quad_norm(M, alpha, Ma, n);
   const double max_norm = std::sqrt(clamp_min(diag_max(M, n), 0.0));
-  const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
   double primal = b[0] + k * Ma[0], bsum = b[0];
   for (int i = 1; i < n; ++i) {
     const double v = b[i] + k * Ma[i];
@@ -240,12 +282,12 @@ CAMEGRAD_HD double duality_gap(const double* M, const double* b, double s, const
 }
 
 // alpha* = argmin over the simplex of alpha^T b + s sqrt(alpha^T M alpha); the
-// algorithm of solver.solve_dual. work: 2n^2 + 12n scratch.
+// algorithm of solver.solve_dual. work: 2n^2 + 17n scratch.
 CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* out, double* work, int n) {
   const long nn = (long)n * n;
   double* Mh = work;
-  double* scratch = Mh + nn;  // n*n + 2n: the centred matrix, then face solves
-  double* bh = scratch + nn + 2 * n;
+  double* scratch = Mh + nn;  // n*n + 3n: the centred matrix, then face solves
+  double* bh = scratch + nn + 3 * n;
   double* alpha = bh + n;
   double* Ma = alpha + n;
   double* grad = Ma + n;
@@ -255,6 +297,8 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
   double* face = Md + n;
   double* tmp = face + n;
   double* tmp2 = tmp + n;
+  double* wd = tmp2 + n;      // the diagonal metric of the projected gradient
+  double* sorted = wd + n;    // 3n: the projection's sort
 
   // 1. Scale free: M / max(diag M).
   const double scale = clamp_min(diag_max(M, n), TINY);
@@ -281,6 +325,8 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
   for (int i = 0; i < n; ++i) alpha[i] = z[i] = 1.0 / n;
   double r = clamp_min(quad_norm(Mh, alpha, Ma, n), TINY);
   for (int i = 0; i < n; ++i) grad[i] = bh[i] + sh * Ma[i] / r;
+  // Diagonal (Jacobi) metric: steps and projection in the norm sum_i wd_i x_i^2.
+  for (int i = 0; i < n; ++i) wd[i] = clamp_min(Mh[(long)i * n + i], PRECOND_FLOOR);
   double eta = r / (sh * lam + 1e-6 * r);
   for (int it = 0; it < DUAL_ITERS; ++it) {
     if (it % POLISH_EVERY == POLISH_EVERY - 1) {
@@ -291,8 +337,8 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
       r = clamp_min(quad_norm(Mh, alpha, Ma, n), TINY);
       for (int i = 0; i < n; ++i) grad[i] = bh[i] + sh * Ma[i] / r;
     }
-    for (int i = 0; i < n; ++i) tmp2[i] = alpha[i] - eta * grad[i];
-    project_simplex(tmp2, z, tmp, n);
+    for (int i = 0; i < n; ++i) tmp2[i] = alpha[i] - eta * grad[i] / wd[i];
+    project_simplex(tmp2, wd, z, sorted, n);
     for (int i = 0; i < n; ++i) d[i] = z[i] - alpha[i];
     matvec(Mh, d, Md, n);
     const double t = segment_step(dot(d, bh, n), r * r, dot(Ma, d, n), dot(d, Md, n), sh);
@@ -302,7 +348,7 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
     for (int i = 0; i < n; ++i) {
       const double g_new = bh[i] + sh * Ma[i] / r;
       const double step = t * d[i];
-      ss += step * step;
+      ss += step * (wd[i] * step);
       curv += step * (g_new - grad[i]);
       grad[i] = g_new;
     }
@@ -311,9 +357,9 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
 
   // 3-4. Exact solve on the last projected face; keep the smaller duality gap.
   face_solve(Mh, bh, sh, z, face, scratch, n);
-  const double r_tol = relative_tolerance(DBL_EPSILON);
-  const double gap_face = duality_gap(Mh, bh, sh, face, r_tol, tmp, n);
-  const bool better = gap_face < duality_gap(Mh, bh, sh, alpha, r_tol, tmp, n);
+  const double gap_face = duality_gap(Mh, bh, sh, face, rectify_scale(Mh, sh, face, tmp, n), tmp, n);
+  const double k_alpha = rectify_scale(Mh, sh, alpha, tmp, n);
+  const bool better = gap_face < duality_gap(Mh, bh, sh, alpha, k_alpha, tmp, n);
   for (int i = 0; i < n; ++i) out[i] = better ? face[i] : alpha[i];
 }
 
@@ -327,7 +373,8 @@ CAMEGRAD_HD void camegrad_coefficients(const double* M_in, const double* w, int 
   double* b = M + nn;
   double* Ma = b + n;
   double* a_u = Ma + n;
-  double* dual_work = a_u + n;  // 2n^2 + 12n
+  double* Ms = a_u + n;           // n^2: the smoothed Gram
+  double* dual_work = Ms + nn;  // 2n^2 + 13n
   bool finite = true;
   for (long i = 0; i < nn; ++i) finite = finite && std::isfinite(M_in[i]);
   for (long i = 0; i < nn; ++i) M[i] = finite ? M_in[i] : 0.0;
@@ -340,16 +387,19 @@ CAMEGRAD_HD void camegrad_coefficients(const double* M_in, const double* w, int 
   double b_sum = 0.0;
   for (int i = 0; i < n; ++i) b_sum += a_mu * b[i];
   const double s = prm.rho * std::sqrt(clamp_min(b_sum, 0.0));
-  const double r_tol = relative_tolerance(prm.out_eps);
 
   double gap_value = NAN;
   if (prm.stages & RECTIFY) {
-    solve_dual(M, b, s, alpha, dual_work, n);
-    const double r = quad_norm(M, alpha, Ma, n);
-    const double max_norm = std::sqrt(clamp_min(diag_max(M, n), 0.0));
-    const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
+    // The dual on the smoothed Gram M + gamma n n^T (solver.smoothed_gram); b
+    // and s stay those of M.
+    const double gamma = smoothing(prm.gram_eps);
+    for (int i = 0; i < n; ++i) Ma[i] = std::sqrt(clamp_min(M[(long)i * n + i], 0.0));
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) Ms[(long)i * n + j] = M[(long)i * n + j] + gamma * (Ma[i] * Ma[j]);
+    solve_dual(Ms, b, s, alpha, dual_work, n);
+    const double k = rectify_scale(Ms, s, alpha, Ma, n);
     for (int i = 0; i < n; ++i) a_u[i] = a_mu + k * alpha[i];
-    gap_value = duality_gap(M, b, s, alpha, r_tol, Ma, n);
+    gap_value = duality_gap(M, b, s, alpha, k, Ma, n);
   } else {
     for (int i = 0; i < n; ++i) {
       alpha[i] = NAN;
