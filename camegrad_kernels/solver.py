@@ -32,8 +32,10 @@ POLISH_EVERY = 8
 # gamma = max(SMOOTHING_DATA eps(Gram), SMOOTHING_WORK eps(work)), see smoothing().
 # Keep in step with csrc/cpu/solver.h.
 SMOOTHING_DATA = 16.0
-SMOOTHING_WORK = 1e4
-PRECOND_FLOOR = 1e-30  # the smallest diagonal weight of the projected-gradient metric
+SMOOTHING_WORK = 1e5
+# Floor of the scaled (max 1) diagonal in the projected-gradient metric and the face
+# solve's scaling: a zero gradient stays finite. Keep in step with solver.h.
+PRECOND_FLOOR = 1e-30
 
 
 def smoothing(gram_dtype: torch.dtype, work: torch.dtype = torch.float64) -> float:
@@ -136,8 +138,9 @@ def _face_solve(M: Tensor, b: Tensor, s: Tensor, support: Tensor) -> Tensor:
     eye = torch.eye(n, dtype=dtype, device=M.device)
     # Solve in the Jacobi-scaled basis (unit diagonal on the face), so that tasks
     # whose norms differ by orders of magnitude are treated alike, with a relative
-    # ridge that guards rank-deficient faces (collinear tasks, n > d).
-    inv = S / torch.sqrt(torch.diagonal(M).clamp_min(tiny))
+    # ridge that guards rank-deficient faces (collinear tasks, n > d). M is scaled
+    # to max diag 1 here; the floor keeps a zero gradient's row finite.
+    inv = S / torch.sqrt(torch.diagonal(M).clamp_min(PRECOND_FLOOR))
     ridge = 8.0 * n * torch.finfo(dtype).eps
     Ms = M * inv[:, None] * inv[None, :] + eye * (1.0 - S) + eye * (ridge * S)
     rhs = torch.stack([inv, b * inv], dim=1)
@@ -182,11 +185,15 @@ def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tens
 
     Algorithm (identical in every backend):
       1. Work on M / max(diag M) so the iteration is scale free.
-      2. ``iters`` steps of projected gradient: step 1/L with the local curvature
-         bound L = s lambda_max(M) / r, then an exact line search along the
-         feasible segment (closed form, :func:`_segment_step`), so F never rises.
-      3. One exact solve on the face that the last projection identified.
-      4. Keep whichever of (2) and (3) has the smaller duality gap.
+      2. ``iters`` steps of projected gradient in the diagonal metric
+         sum_i M_ii x_i^2 (docs/camegrad.md §5: every task moves at its own
+         scale), a Barzilai-Borwein step (the first from the curvature bound
+         s lambda_max(M) / r), then an exact line search along the feasible
+         segment (closed form, :func:`_segment_step`), so F never rises.
+      3. One exact solve on the face that the last projection identified
+         (and one every POLISH_EVERY steps, kept when it lowers F).
+      4. Keep whichever of (2) and (3) has the smaller duality gap, renormalised
+         onto the simplex.
     """
     n = M.shape[0]
     dtype = M.dtype
@@ -232,7 +239,9 @@ def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tens
     polished = _face_solve(Mh, bh, sh, z > 0)
     gap_polished = duality_gap(Mh, bh, sh, polished, rectify_scale(Mh, sh, polished))
     better = gap_polished < duality_gap(Mh, bh, sh, alpha, rectify_scale(Mh, sh, alpha))
-    return torch.where(better, polished, alpha)
+    alpha = torch.where(better, polished, alpha)
+    # Long steps leave 1^T alpha off by ~|alpha - eta grad| eps: back onto the simplex.
+    return alpha / alpha.sum().clamp_min(tiny)
 
 
 def work_dtype(device: torch.device) -> torch.dtype:

@@ -27,8 +27,8 @@ constexpr int POWER_ITERS = 16;
 constexpr double TINY = DBL_MIN;  // torch.finfo(float64).tiny
 // gamma = max(SMOOTHING_DATA eps(Gram), SMOOTHING_WORK eps(double)): solver.smoothing.
 constexpr double SMOOTHING_DATA = 16.0;
-constexpr double SMOOTHING_WORK = 1e4;
-constexpr double PRECOND_FLOOR = 1e-30;  // the smallest diagonal weight of the PG metric
+constexpr double SMOOTHING_WORK = 1e5;
+constexpr double PRECOND_FLOOR = 1e-30;  // floor of the scaled diagonal: PG metric, face solve
 
 struct Params {
   double rho, kappa, nu, eps;
@@ -166,10 +166,11 @@ CAMEGRAD_HD void face_solve(const double* M, const double* b, double s, const do
   const double ridge = 8.0 * n * DBL_EPSILON;
   int k = 0;
   for (int i = 0; i < n; ++i)
-    if (z[i] > 0) inv[k++] = 1.0 / std::sqrt(clamp_min(M[(long)i * n + i], TINY));
+    if (z[i] > 0) inv[k++] = 1.0 / std::sqrt(clamp_min(M[(long)i * n + i], PRECOND_FLOOR));
   // The system in the scaled basis (unit diagonal), so that tasks whose norms
   // differ by orders of magnitude are treated alike; the ridge guards
-  // rank-deficient faces (collinear tasks, n > d).
+  // rank-deficient faces (collinear tasks, n > d). M is scaled to max diag 1
+  // here; the floor keeps a zero gradient's row finite.
   k = 0;
   for (int i = 0; i < n; ++i) {
     if (!(z[i] > 0)) continue;
@@ -360,7 +361,10 @@ CAMEGRAD_HD void solve_dual(const double* M, const double* b, double s, double* 
   const double gap_face = duality_gap(Mh, bh, sh, face, rectify_scale(Mh, sh, face, tmp, n), tmp, n);
   const double k_alpha = rectify_scale(Mh, sh, alpha, tmp, n);
   const bool better = gap_face < duality_gap(Mh, bh, sh, alpha, k_alpha, tmp, n);
-  for (int i = 0; i < n; ++i) out[i] = better ? face[i] : alpha[i];
+  // Long steps leave 1^T alpha off by ~|alpha - eta grad| eps: back onto the simplex.
+  double total = 0.0;
+  for (int i = 0; i < n; ++i) total += out[i] = better ? face[i] : alpha[i];
+  for (int i = 0; i < n; ++i) out[i] /= clamp_min(total, TINY);
 }
 
 // solver.camegrad_coefficients: alpha [n], coeffs [n], gap, skipped from the
