@@ -13,8 +13,6 @@ algorithm, described in :func:`solve_dual`, so all backends agree to rounding.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 

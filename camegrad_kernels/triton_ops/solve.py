@@ -4,8 +4,9 @@ A step-for-step port of solver.camegrad_coefficients (read that first): M sits i
 registers as an [NPAD, NPAD] float64 tile (solver.work_dtype), entries past n are
 zero and every vector keeps zeros there. Fixed work, no host sync: the launch
 shape depends on n only. Two implementation choices differ from the torch code
-but compute the same quantities: the simplex projection counts, for each entry,
-the entries not below it (O(n^2), no sort), and the face solve is Gauss-Jordan
+but compute the same quantities: the (diagonally weighted) simplex projection
+counts, for each entry, the entries whose breakpoint is not below its own
+(O(n^2), no sort), and the face solve is Gauss-Jordan
 elimination with partial pivoting (the pivots LU would pick), an exactly zero
 pivot marking the face invalid as a failed ``solve_ex`` does.
 
@@ -33,7 +34,7 @@ from .gram import MAX_N
 POWER_ITERS = tl.constexpr(16)  # solver._power_lambda_max's default
 TINY = tl.constexpr(torch.finfo(torch.float64).tiny)
 EPS = tl.constexpr(torch.finfo(torch.float64).eps)
-R_TOL_WORK = tl.constexpr(solver.relative_tolerance(torch.float64))
+PRECOND_FLOOR = tl.constexpr(solver.PRECOND_FLOOR)
 INF = tl.constexpr(math.inf)
 NAN = tl.constexpr(math.nan)
 
@@ -51,23 +52,34 @@ def _norm_of(M, a):
 
 
 @triton.jit
-def _project_simplex(v, valid):
-    """Euclidean projection onto the unit simplex, sort free.
+def _project_simplex(v, w, valid):
+    """solver.project_simplex(v, w): the projection in the norm sum_i w_i x_i^2, sort free.
 
-    With c_j = #{i : v_i >= v_j} and S_j their sum, entry j is in the support iff
-    v_j - (S_j - 1) / c_j > 0 (the sorted-prefix test of solver.project_simplex at
-    rank c_j; ties pass or fail together), the support size is the largest such
-    c_j and theta is that entry's (S_j - 1) / c_j.
+    x_i = max(0, v_i - theta / w_i). With the breakpoints t_i = w_i v_i, c_j =
+    #{i : t_i >= t_j}, S_j = sum of those v_i and I_j (S_iw) = sum of their 1 / w_i,
+    entry j is in the support iff t_j - theta_j > 0 with theta_j = (S_j - 1) / I_j
+    (the sorted-prefix test of solver.project_simplex at rank c_j; ties pass or
+    fail together), and theta is the theta_j of the in-support entry with the
+    largest c_j (the smallest breakpoint of the support). Should rounding leave
+    no entry in the support, theta is that of the largest breakpoint (torch's
+    count clamped to 1). w must be positive on the valid entries (1 on padding
+    is fine: padded entries are masked).
     """
-    ge = (v[:, None] >= v[None, :]) & valid[:, None]
+    t = w * v
+    iw = 1.0 / w
+    ge = (t[:, None] >= t[None, :]) & valid[:, None]
     S = tl.sum(tl.where(ge, v[:, None], 0.0), axis=0)
+    S_iw = tl.sum(tl.where(ge, iw[:, None], 0.0), axis=0)
     c = tl.sum(ge.to(tl.float64), axis=0)
-    theta_j = (S - 1.0) / tl.maximum(c, 1.0)  # padded entries may count nothing
-    in_support = (v - theta_j > 0) & valid
+    theta_j = (S - 1.0) / tl.where(S_iw > 0, S_iw, 1.0)  # padded entries may count nothing
+    in_support = (t - theta_j > 0) & valid
     count = tl.max(tl.where(in_support, c, 0.0), axis=0)
-    # Tied entries share S_j bit for bit, so the max picks one value.
-    theta = tl.max(tl.where(in_support & (c == count), theta_j, -INF), axis=0)
-    return tl.where(valid, tl.maximum(v - theta, 0.0, KEEP_NAN), 0.0)
+    c_min = tl.min(tl.where(valid, c, INF), axis=0)
+    pick = tl.where(count > 0, in_support & (c == count), valid & (c == c_min))
+    # Tied entries share S_j and I_j bit for bit (the same masked sums), so the max
+    # picks one value.
+    theta = tl.max(tl.where(pick, theta_j, -INF), axis=0)
+    return tl.where(valid, tl.maximum(v - theta * iw, 0.0, KEEP_NAN), 0.0)
 
 
 @triton.jit
@@ -108,20 +120,25 @@ def _power_lambda_max(A, valid, ITERS: tl.constexpr):
 def _face_solve(M, b, s, support, valid, rows, cols, n, nf):
     """solver._face_solve: the exact dual optimum on the face ``support``.
 
-    The augmented system [Ms | S, b S] is reduced by Gauss-Jordan with partial
-    pivoting; column k is zeroed explicitly off its pivot row and the pivot row is
-    normalised, so the matrix ends as an exact permutation P and x = P^T rhs.
+    As there, the system is solved in the Jacobi-scaled basis (inv = S / sqrt(diag
+    M), the diagonal floored at PRECOND_FLOOR: M has max diagonal 1 here, and a
+    zero task's row stays finite) and x scaled back by inv. The augmented system [Ms | inv, b inv] is
+    reduced by Gauss-Jordan with partial pivoting; column k is zeroed explicitly
+    off its pivot row and the pivot row is normalised, so the matrix ends as an
+    exact permutation P and x = P^T rhs.
     """
     S = tl.where(support & valid, 1.0, 0.0).to(tl.float64)
     eye = rows[:, None] == cols[None, :]
+    diag = tl.sum(tl.where(eye, M, 0.0), axis=1)
+    inv = S / tl.sqrt(tl.maximum(diag, PRECOND_FLOOR, KEEP_NAN))
     ridge = 8.0 * nf * EPS
     A = (
-        M * S[:, None] * S[None, :]
+        M * inv[:, None] * inv[None, :]
         + tl.where(eye, 1.0 - S[None, :], 0.0)
         + tl.where(eye, ridge * S[None, :], 0.0)
     )
-    x1 = S
-    x2 = b * S
+    x1 = inv
+    x2 = b * inv
     free = valid
     singular = tl.full((), False, tl.int1)
     for k in range(n):
@@ -140,8 +157,8 @@ def _face_solve(M, b, s, support, valid, rows, cols, n, nf):
         x1 = tl.where(at_p, x1p, x1 - f * x1p)
         x2 = tl.where(at_p, x2p, x2 - f * x2p)
         free = free & ~at_p
-    p_vec = tl.sum(A * x1[:, None], axis=0) * S
-    q_vec = tl.sum(A * x2[:, None], axis=0) * S
+    p_vec = tl.sum(A * x1[:, None], axis=0) * inv
+    q_vec = tl.sum(A * x2[:, None], axis=0) * inv
     A_ = tl.sum(S * p_vec, axis=0)
     B = tl.sum(S * q_vec, axis=0)
     C = tl.sum(b * S * q_vec, axis=0)
@@ -163,12 +180,18 @@ def _diag_max(M, valid, rows, cols):
 
 
 @triton.jit
-def _duality_gap(M, b, s, alpha, valid, diag_max, nf, R_TOL: tl.constexpr):
-    """solver.duality_gap, normalised by ||mu|| max_i ||g_i||."""
+def _rectify_scale(Ms, s, alpha):
+    """solver.rectify_scale: s / sqrt(alpha^T Ms alpha), 0 when that root is 0."""
+    r = _norm_of(Ms, alpha)
+    return tl.where(r > 0, s / tl.maximum(r, TINY, KEEP_NAN), 0.0)
+
+
+@triton.jit
+def _duality_gap(M, b, s, alpha, valid, diag_max, nf, k):
+    """solver.duality_gap of alpha and a_u = a_mu + k alpha, normalised by ||mu|| max_i ||g_i||."""
     Ma = tl.sum(M * alpha[None, :], axis=1)
     r = tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN))
     max_norm = tl.sqrt(tl.maximum(diag_max, 0.0, KEEP_NAN))
-    k = tl.where(r > R_TOL * max_norm, s / tl.maximum(r, TINY, KEEP_NAN), 0.0)
     primal = tl.min(tl.where(valid, b + k * Ma, INF), axis=0)
     dual = tl.sum(alpha * b, axis=0) + s * r
     mu_norm = tl.sqrt(tl.maximum(tl.sum(b, axis=0) / nf, 0.0, KEEP_NAN))
@@ -176,9 +199,14 @@ def _duality_gap(M, b, s, alpha, valid, diag_max, nf, R_TOL: tl.constexpr):
 
 
 @triton.jit
-def _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid):
-    """One projected-gradient step of solver.solve_dual's loop (after any polish)."""
-    z = _project_simplex(alpha - eta * grad, valid)
+def _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, wd, valid):
+    """One projected-gradient step of solver.solve_dual's loop (after any polish).
+
+    In the diagonal metric wd (the floored diagonal of Mh): the step is eta grad /
+    wd, projected in the norm sum_i wd_i x_i^2, and the Barzilai-Borwein step
+    measures the step in that norm.
+    """
+    z = _project_simplex(alpha - eta * grad / wd, wd, valid)
     d = z - alpha
     Md = tl.sum(Mh * d[None, :], axis=1)
     t = _segment_step(
@@ -190,7 +218,8 @@ def _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid):
     grad_new = bh + sh * Ma / r
     step = t * d
     curv = tl.sum(step * (grad_new - grad), axis=0)
-    eta = tl.where(curv > TINY, tl.sum(step * step, axis=0) / tl.maximum(curv, TINY, KEEP_NAN), eta)
+    ss = tl.sum(step * (wd * step), axis=0)
+    eta = tl.where(curv > TINY, ss / tl.maximum(curv, TINY, KEEP_NAN), eta)
     return z, alpha, Ma, r, grad_new, tl.clamp(eta, 1e-10, 1e10, KEEP_NAN)
 
 
@@ -211,13 +240,16 @@ def _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: 
     Ma = tl.sum(Mh * alpha[None, :], axis=1)
     r = tl.maximum(tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN)), TINY, KEEP_NAN)
     grad = bh + sh * Ma / r
+    # The Jacobi metric of the projected gradient (1 on padding, never read there).
+    mh_diag = tl.sum(tl.where(rows[:, None] == cols[None, :], Mh, 0.0), axis=1)
+    wd = tl.where(valid, tl.maximum(mh_diag, PRECOND_FLOOR, KEEP_NAN), 1.0)
     eta = r / (sh * lam + 1e-6 * r)
     z = alpha
     # The torch loop polishes at it % POLISH == POLISH - 1, before that step.
     tl.static_assert(ITERS % POLISH == 0)
     for _block in range(ITERS // POLISH):
         for _it in range(POLISH - 1):
-            z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid)
+            z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, wd, valid)
         face = _face_solve(Mh, bh, sh, z > 0, valid, rows, cols, n, nf)
         f_face = tl.sum(face * bh, axis=0) + sh * _norm_of(Mh, face)
         f_alpha = tl.sum(alpha * bh, axis=0) + sh * _norm_of(Mh, alpha)
@@ -227,12 +259,16 @@ def _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: 
             tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN)), TINY, KEEP_NAN
         )
         grad = bh + sh * Ma / r
-        z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, valid)
+        z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, wd, valid)
     polished = _face_solve(Mh, bh, sh, z > 0, valid, rows, cols, n, nf)
     mh_diag_max = _diag_max(Mh, valid, rows, cols)
-    gap_p = _duality_gap(Mh, bh, sh, polished, valid, mh_diag_max, nf, R_TOL_WORK)
-    gap_a = _duality_gap(Mh, bh, sh, alpha, valid, mh_diag_max, nf, R_TOL_WORK)
-    return tl.where(gap_p < gap_a, polished, alpha)
+    k_p = _rectify_scale(Mh, sh, polished)
+    k_a = _rectify_scale(Mh, sh, alpha)
+    gap_p = _duality_gap(Mh, bh, sh, polished, valid, mh_diag_max, nf, k_p)
+    gap_a = _duality_gap(Mh, bh, sh, alpha, valid, mh_diag_max, nf, k_a)
+    best = tl.where(gap_p < gap_a, polished, alpha)
+    # Long steps leave 1^T alpha off by ~|alpha - eta grad| eps: back onto the simplex.
+    return best / tl.maximum(tl.sum(best, axis=0), TINY, KEEP_NAN)
 
 
 @triton.jit(do_not_specialize=["n"])
@@ -249,12 +285,12 @@ def _coefficients_kernel(
     nu: tl.float64,
     eps: tl.float64,
     factor: tl.float64,
+    gamma: tl.float64,
     NPAD: tl.constexpr,
     CAGRAD: tl.constexpr,
     RECTIFY: tl.constexpr,
     RESCALE: tl.constexpr,
     FUSE: tl.constexpr,
-    R_TOL_OUT: tl.constexpr,
     ITERS: tl.constexpr,
     POLISH: tl.constexpr,
 ):
@@ -279,13 +315,15 @@ def _coefficients_kernel(
     s = rho * tl.sqrt(tl.maximum(tl.sum(a_mu * b, axis=0), 0.0, KEEP_NAN))
 
     if RECTIFY:
-        alpha = _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS, POLISH)
-        r = _norm_of(M, alpha)
-        diag_max = _diag_max(M, valid, rows, cols)
-        max_norm = tl.sqrt(tl.maximum(diag_max, 0.0, KEEP_NAN))
-        k = tl.where(r > R_TOL_OUT * max_norm, s / tl.maximum(r, TINY, KEEP_NAN), 0.0)
+        # The dual on the smoothed Gram M + gamma n n^T (solver.smoothed_gram, gamma =
+        # solver.smoothing of the gram's dtype); b, s and the gap stay those of M.
+        diag = tl.sum(tl.where(rows[:, None] == cols[None, :], M, 0.0), axis=1)
+        nrm = tl.sqrt(tl.maximum(diag, 0.0, KEEP_NAN))
+        Ms = M + gamma * (nrm[:, None] * nrm[None, :])
+        alpha = _solve_dual(Ms, b, s, valid, rows, cols, n, nf, ITERS, POLISH)
+        k = _rectify_scale(Ms, s, alpha)
         a_u = a_mu + k * alpha
-        gap = _duality_gap(M, b, s, alpha, valid, diag_max, nf, R_TOL_OUT)
+        gap = _duality_gap(M, b, s, alpha, valid, _diag_max(M, valid, rows, cols), nf, k)
     else:
         alpha = tl.full([NPAD], NAN, tl.float64)
         a_u = w
@@ -381,12 +419,13 @@ def _launch(
         float(nu),
         float(eps),
         float(factor),
+        # The gram's dtype, also for CAGrad (the torch code weights it in that dtype).
+        solver.smoothing(gram.dtype),
         NPAD=npad,
         CAGRAD=cagrad,
         RECTIFY=bool(stages & solver.RECTIFY),
         RESCALE=bool(stages & solver.RESCALE),
         FUSE=bool(stages & solver.FUSE),
-        R_TOL_OUT=solver.relative_tolerance(gram.dtype),
         ITERS=solver.DUAL_ITERS,
         POLISH=solver.POLISH_EVERY,
         # Several [NPAD, NPAD] float64 tiles live at once: spread them over warps

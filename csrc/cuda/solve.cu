@@ -10,7 +10,8 @@
 // MGDA (the dual with b = 0: the min-norm point of the convex hull).
 //
 // Shared memory holds Mh = M / max(diag M) and a second n x n work matrix: M
-// itself, then P Mh P for the power iteration, then each face system.
+// itself (CAME-Grad, CAGrad: then the smoothed Ms = M + gamma nrm nrm^T that the
+// dual is solved on), then P Mh P for the power iteration, then each face system.
 // The scalar steps (segment line search, clamps, constants) are those of the
 // CPU port in csrc/cpu/solver.h, which are __host__ __device__.
 #include <cfloat>
@@ -46,7 +47,9 @@ struct Solver {
   const int n, ld, tid;
   const bool act;
   double *mh, *wk;            // n x ld each
-  double *xs, *us, *cs, *bs;  // [kThreads] each: operands, sorted, cumsums, bh
+  // [kThreads] each: operands; the sorted v of project() (face_solve: the scaling); the
+  // sorted 1 / w, then theta_k, of project(); bh.
+  double *xs, *us, *cs, *bs;
   int* orig;                  // compact face index -> task
 
   __device__ Solver(double* smem, int n_)
@@ -87,48 +90,63 @@ struct Solver {
       for (int j = 0; j < n; ++j) wk[tid * ld + j] = wk[tid * ld + j] * x * xs[j];
   }
 
-  // solver.project_simplex: descending sort by rank (ties by index), cumsum in
-  // sorted order, count of the positive prefix, threshold.
-  __device__ double project(double v) {
+  // solver.smoothed_gram in place: wk_ij + gamma (nrm_i nrm_j), nrm_i = sqrt(max(wk_ii, 0)).
+  __device__ void smooth(double gamma) {
+    sync();  // wk is written, earlier readers of xs are done
+    xs[tid] = act ? sqrt(clamp_min(wk[tid * ld + tid], 0.0)) : 0.0;
     sync();
-    xs[tid] = v;
+    if (act)
+      for (int j = 0; j < n; ++j) wk[tid * ld + j] = wk[tid * ld + j] + gamma * (xs[tid] * xs[j]);
+  }
+
+  // solver.project_simplex of v in the norm sum_i w_i x_i^2: descending sort of
+  // the breakpoints t_i = w_i v_i by rank (ties by index), cumsums of v and 1 / w
+  // in sorted order, theta_k = (cumsum v - 1) / cumsum 1/w, count of the
+  // positive prefix t_k > theta_k, x_i = max(0, v_i - theta / w_i).
+  __device__ double project(double v, double w) {
+    const double t = w * v, iw = 1.0 / w;
     sync();
+    xs[tid] = t;
+    sync();
+    int rank = 0;
     if (act) {
-      int rank = 0;
-      for (int j = 0; j < n; ++j) rank += xs[j] > v || (xs[j] == v && j < tid);
+      for (int j = 0; j < n; ++j) rank += xs[j] > t || (xs[j] == t && j < tid);
       us[rank] = v;
+      cs[rank] = iw;
     }
     sync();
-    bool positive = false;
-    if (act) {
-      double css = 0.0;
-      for (int j = 0; j <= tid; ++j) css += us[j];
-      css -= 1.0;
-      cs[tid] = css;
-      positive = us[tid] - css / (tid + 1) > 0;
-    }
-    const int count = max(team.count(positive), 1);
+    double cv = 0.0, ciw = 0.0;
+    if (act)
+      for (int j = 0; j <= tid; ++j) cv += us[j], ciw += cs[j];
+    sync();  // the reads of the sorted 1 / w are done
+    if (act) cs[tid] = (cv - 1.0) / ciw;  // theta_k, k = tid
     sync();
-    const double theta = cs[count - 1] / count;
-    return act ? clamp_min(v - theta, 0.0) : 0.0;
+    const int count = max(team.count(act && t - cs[rank] > 0), 1);
+    const double theta = cs[count - 1];
+    return act ? clamp_min(v - theta * iw, 0.0) : 0.0;
   }
 
   // solver._face_solve on the support {i : in_support}: Gaussian elimination
-  // with partial pivoting of the compacted ridged system with right-hand sides
-  // (1, bh), then the closed form of design note §2b. A zero or non-finite
-  // pivot invalidates the candidate (LAPACK's inf/NaN in solver.py).
+  // with partial pivoting of the compacted system in the Jacobi-scaled basis,
+  // Mh_ij inv_i inv_j + ridge on the diagonal (inv_i = 1 / sqrt(max(Mh_ii,
+  // PRECOND_FLOOR)): Mh has max diag 1, the floor keeps a zero gradient finite), with
+  // right-hand sides (inv, bh inv), the solutions scaled back by inv, then the
+  // closed form of design note §2b. A zero or non-finite pivot invalidates the
+  // candidate (LAPACK's inf/NaN in solver.py).
   __device__ double face_solve(bool in_support, double bh, double sh) {
     int m;
     const int ci = team.prefix(in_support, m);
-    if (in_support) orig[ci] = tid;
+    // us[c] = inv of compact index c (us is free outside project()).
+    if (in_support) orig[ci] = tid, us[ci] = 1.0 / sqrt(clamp_min(mh[tid * ld + tid], sv::PRECOND_FLOOR));
     sync();
     const double ridge = 8.0 * n * DBL_EPSILON;
     if (tid < m) {
       const int i = orig[tid];
+      const double inv_r = us[tid];
       double* row = wk + tid * ld;
-      for (int c = 0; c < m; ++c) row[c] = mh[i * ld + orig[c]] + (c == tid ? ridge : 0.0);
-      row[m] = 1.0;
-      row[m + 1] = bs[i];
+      for (int c = 0; c < m; ++c) row[c] = mh[i * ld + orig[c]] * inv_r * us[c] + (c == tid ? ridge : 0.0);
+      row[m] = inv_r;
+      row[m + 1] = bs[i] * inv_r;
     }
     sync();
     bool solved = true;
@@ -168,8 +186,8 @@ struct Solver {
       }
     }
     sync();
-    const double p = in_support ? wk[ci * ld + m] : 0.0;
-    const double q = in_support ? wk[ci * ld + m + 1] : 0.0;
+    const double p = in_support ? wk[ci * ld + m] * us[ci] : 0.0;  // back from the scaled basis
+    const double q = in_support ? wk[ci * ld + m + 1] * us[ci] : 0.0;
     double abc[3] = {p, q, in_support ? bh * q : 0.0};
     team.reduce(abc, Add{});
     const double A = abc[0], B = abc[1], C = abc[2];
@@ -190,25 +208,36 @@ struct Solver {
     return v[0] + sh * sqrt(clamp_min(v[1], 0.0));
   }
 
-  // solver.duality_gap of alpha on (A, b, s); max_norm = sqrt(max diag A).
-  __device__ double gap(const double* A, double max_norm, double b, double s, double a, double r_tol) {
-    const double Ma = matvec(A, a);
-    double v[3] = {a * Ma, a * b, b};
+  // sqrt(a^T A a) (solver.py's clamp, not clamped to TINY), and A a.
+  __device__ double norm(const double* A, double a, double& Aa) {
+    Aa = matvec(A, a);
+    return sqrt(clamp_min(team.sum(a * Aa), 0.0));
+  }
+
+  // solver.rectify_scale from r' = norm(Ms, alpha): s / r', 0 when r' = 0.
+  __device__ static double rectify_scale(double s, double r) { return r > 0 ? s / clamp_min(r, TINY) : 0.0; }
+
+  // solver.duality_gap of alpha and the primal point a_mu + k alpha on (A, b, s),
+  // from Ma = A alpha and r = norm(A, alpha); max_norm = sqrt(max diag A).
+  __device__ double gap(double Ma, double r, double max_norm, double b, double s, double a, double k) {
+    double v[2] = {a * b, b};
     team.reduce(v, Add{});
-    const double r = sqrt(clamp_min(v[0], 0.0));
-    const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
     double primal[1] = {act ? b + k * Ma : INFINITY};
     team.reduce(primal, Min{});
-    const double dual = v[1] + s * r;
-    const double mu_norm = sqrt(clamp_min(v[2] / n, 0.0));
+    const double dual = v[0] + s * r;
+    const double mu_norm = sqrt(clamp_min(v[1] / n, 0.0));
     return (dual - primal[0]) / clamp_min(mu_norm * max_norm, TINY);
   }
 
-  // sqrt(alpha^T Mh alpha) clamped to TINY, and Mh alpha.
-  __device__ double radius(double a, double& Ma) {
-    Ma = matvec(mh, a);
-    return clamp_min(sqrt(clamp_min(team.sum(a * Ma), 0.0)), TINY);
+  // The gap of solve_dual's final choice: on (Mh, bh, sh), k = rectify_scale on Mh.
+  __device__ double gap_h(double max_norm, double bh, double sh, double a) {
+    double Ma;
+    const double r = norm(mh, a, Ma);
+    return gap(Ma, r, max_norm, bh, sh, a, rectify_scale(sh, r));
   }
+
+  // sqrt(alpha^T Mh alpha) clamped to TINY, and Mh alpha.
+  __device__ double radius(double a, double& Ma) { return clamp_min(norm(mh, a, Ma), TINY); }
 
   // solver.solve_dual on wk = M (overwritten); b_i, s, max diag M.
   __device__ double solve_dual(double b, double s, double diag_max) {
@@ -246,6 +275,8 @@ struct Solver {
     double alpha = act ? 1.0 / n : 0.0, Ma;
     double r = radius(alpha, Ma);
     double grad = act ? bh + sh * Ma / r : 0.0;
+    // Diagonal (Jacobi) metric: steps and projection in the norm sum_i wd_i x_i^2.
+    const double wd = act ? clamp_min(mh[tid * ld + tid], sv::PRECOND_FLOOR) : 1.0;
     double eta = r / (sh * lam + 1e-6 * r);
     double z = alpha;
     for (int it = 0; it < sv::DUAL_ITERS; ++it) {
@@ -255,7 +286,7 @@ struct Solver {
         r = radius(alpha, Ma);
         grad = act ? bh + sh * Ma / r : 0.0;
       }
-      z = project(alpha - eta * grad);
+      z = project(alpha - eta * grad / wd, wd);
       const double d = z - alpha;
       const double Md = matvec(mh, d);
       double dots[3] = {d * bh, Ma * d, d * Md};
@@ -265,16 +296,17 @@ struct Solver {
       r = radius(alpha, Ma);
       const double grad_new = act ? bh + sh * Ma / r : 0.0;
       const double step = t * d, dgrad = grad_new - grad;
-      double bb[2] = {step * dgrad, step * step};
+      double bb[2] = {step * dgrad, step * (wd * step)};
       team.reduce(bb, Add{});
       eta = sv::clamp(bb[0] > TINY ? bb[1] / clamp_min(bb[0], TINY) : eta, 1e-10, 1e10);
       grad = grad_new;
     }
     const double polished = face_solve(z > 0, bh, sh);
-    const double r_tol = sv::relative_tolerance(DBL_EPSILON);
     const double max_norm = sqrt(clamp_min(diag_max / scale, 0.0));
-    const bool better = gap(mh, max_norm, bh, sh, polished, r_tol) < gap(mh, max_norm, bh, sh, alpha, r_tol);
-    return better ? polished : alpha;
+    const bool better = gap_h(max_norm, bh, sh, polished) < gap_h(max_norm, bh, sh, alpha);
+    // Long steps leave 1^T alpha off by ~|alpha - eta grad| eps: back onto the simplex.
+    const double out = act && better ? polished : act ? alpha : 0.0;
+    return out / clamp_min(team.sum(out), TINY);
   }
 };
 
@@ -352,18 +384,27 @@ __global__ void __launch_bounds__(32 * W)
     const double b = S.matvec(S.wk, a_mu);
     const double s = p.rho * sqrt(clamp_min(S.team.sum(a_mu * b), 0.0));
     const double max_norm = sqrt(clamp_min(diag_max, 0.0));
-    const double r_tol = sv::relative_tolerance(sizeof(A) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON);
 
     double a_u = ws;
     if (p.stages & sv::RECTIFY) {
-      alpha = S.solve_dual(b, s, diag_max);
+      // The dual on the smoothed Gram at the Gram's own precision (solver.smoothing);
+      // b and s stay those of M. wk = Ms, formed again after the solve for k.
+      const double gamma = sv::smoothing(sizeof(A) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON);
+      S.smooth(gamma);
+      S.sync();  // solve_dual reads the rows of other threads
+      double ds[1] = {act ? S.wk[tid * S.ld + tid] : -INFINITY};
+      S.team.reduce(ds, Max{});
+      alpha = S.solve_dual(b, s, ds[0]);
       S.sync();  // the face systems in wk are read no more
       load();
-      const double Ma = S.matvec(S.wk, alpha);
-      const double r = sqrt(clamp_min(S.team.sum(alpha * Ma), 0.0));
-      const double k = r > r_tol * max_norm ? s / clamp_min(r, TINY) : 0.0;
+      S.smooth(gamma);
+      double Ma;
+      const double k = Solver<W>::rectify_scale(s, S.norm(S.wk, alpha, Ma));
       a_u = act ? a_mu + k * alpha : 0.0;
-      gap = S.gap(S.wk, max_norm, b, s, alpha, r_tol);
+      S.sync();  // Ms is read no more
+      load();
+      const double r = S.norm(S.wk, alpha, Ma);
+      gap = S.gap(Ma, r, max_norm, b, s, alpha, k);
     }
     double a_en = a_u, joint = ws;
     if (p.stages & sv::RESCALE) {
