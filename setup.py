@@ -65,7 +65,7 @@ setup(
     install_requires=["numpy"],
     extras_require={
         "triton": ["triton"],
-        "test": ["pytest", "scipy", "numpy", "matplotlib", "tqdm"],
+        "test": ["pytest", "scipy", "numpy", "matplotlib", "tqdm", "torchjd[full]==0.18.0"],
         "examples": ["matplotlib", "tqdm"],
         "bench": ["matplotlib", "pytest-benchmark", "scipy"],
     },

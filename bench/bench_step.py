@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""One CAME-Grad step, camegrad_kernels backends vs the peers of the design note (§3-4).
+"""One CAME-Grad step, camegrad_kernels backends vs the peers of docs/camegrad.md (§3, §7).
 
     PYTHONPATH=. python bench/bench_step.py --quick          # a minute: n=4, d=1e5/1e6, fp32
-    PYTHONPATH=. python bench/bench_step.py                  # the full grid of the design note
+    PYTHONPATH=. python bench/bench_step.py                  # the full grid of docs/camegrad.md §7
     PYTHONPATH=. python bench/bench_step.py --e2e            # + training-step overhead
 
 Methods (``--methods``; default all that can run the device):
@@ -284,7 +284,7 @@ def make_grads(n: int, d: int, device: torch.device, seed: int) -> torch.Tensor:
     [0.5, 2] (unequal norms). So ||g_i|| ~ 1 whatever d, like real gradients
     (and SLSQP in the naive peer sees the objective scale it was tuned for).
     The dual has a non-trivial support and r = ||g_alpha|| stays away from 0
-    (well-posed, design note §2).
+    (well-posed, docs/camegrad.md §2).
     """
     gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * n + d % 1_000_003)
     G = torch.randn(n, d, generator=gen, device=device, dtype=torch.float32)

@@ -36,7 +36,7 @@ BACKENDS = [
         ),
     ),
 ]
-# (n, d, dtype): a CelebA-like n, the design note's CPU mid-size, and a bf16 case.
+# (n, d, dtype): a CelebA-like n, the CPU mid-size of docs/camegrad.md §7, and a bf16 case.
 SIZES = [
     (4, 10**6, torch.float32),
     (40, 10**5, torch.float32),

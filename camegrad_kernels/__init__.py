@@ -2,7 +2,7 @@
 
     update = camegrad_kernels.camegrad_step(G)      # G: [n_tasks, d] task gradients
 
-See README.md; the maths is in the design note and ``camegrad_kernels.reference``.
+See README.md; the maths is in docs/camegrad.md and ``camegrad_kernels.reference``.
 """
 
 from . import methods, presets, reference

@@ -3,14 +3,17 @@
 Data flows one way: grads -> validate -> gram -> coefficients -> combine.
 Backends (backends/*.py) receive validated inputs and never sync the host;
 the only host reads here are the documented ones (weights given as a device
-tensor are checked on the host; ``nonfinite="raise"`` reads n flags back).
+tensor are checked on the host; ``nonfinite="raise"`` reads n x n flags, n
+coefficients and one bound back, plus, rarely, one flag of the update;
+:func:`camegrad_coefficients` checks a CPU Gram on the host).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional, Union
@@ -32,12 +35,19 @@ _STEP_NONFINITE = ("raise", "skip")  # camegrad_step's nonfinite= choices
 class Coefficients:
     """Result of :func:`camegrad_coefficients` (all tensors on the Gram's device).
 
-    coeffs [n]: g_final = coeffs @ G. skipped [] bool: the Gram matrix was not
-    finite. alpha [n] and duality_gap [] depend on the method
+    coeffs [n]: g_final = coeffs @ G. skipped [] bool: nothing was solved, coeffs
+    are 0 and alpha / duality_gap NaN, because the Gram matrix was not finite or
+    (:func:`camegrad_coefficients` given a Gram on a non-CPU device) failed the
+    device-side Gram checks: a negative diagonal entry, an asymmetry
+    |M_ij - M_ji| > 16 eps sqrt(M_ii M_jj), or |M_ij| > sqrt(M_ii M_jj) (1 + sqrt(eps))
+    (eps of the Gram's dtype). A CPU Gram failing those checks, or not positive
+    semidefinite, is a ValueError instead. From :func:`camegrad_step` with
+    ``nonfinite="skip"``, skipped also says that the update overflowed grads'
+    dtype (then zeroed; coeffs are kept). alpha [n] and duality_gap [] depend on the method
     (:mod:`camegrad_kernels.methods`):
 
     * "camegrad": the Stage-1 dual solution (NaN when Stage 1 is off) and its
-      normalised duality gap (design note §2);
+      normalised duality gap (docs/camegrad.md §2);
     * "cagrad": CAGrad's simplex weights w* (the same dual) and its gap;
     * "mgda": the min-norm weights on the (normalised) gradients and the
       normalised Frank-Wolfe gap (alpha^T M alpha - min_i (M alpha)_i) / max_i M_ii;
@@ -141,18 +151,70 @@ def _check_gram(gram: object) -> Tensor:
     return gram.detach().contiguous()
 
 
-def _check_hyper(rho: float, kappa: float, nu: float, eps: float) -> None:
+def _check_hyper(
+    rho: float, kappa: float, nu: float, eps: float
+) -> tuple[float, float, float, float]:
+    """The four hyperparameters as Python floats (any ``numbers.Real`` but bool is taken)."""
     checks = (
         ("rho", rho, lambda v: v >= 0, ">= 0"),
         ("kappa", kappa, lambda v: v > 0, "> 0"),
         ("nu", nu, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("eps", eps, lambda v: v >= 0, ">= 0"),
     )
+    values = []
     for name, value, ok, expected in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-        if not math.isfinite(value) or not ok(value):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):  # e.g. an int beyond float64
+            number = math.nan
+        if not math.isfinite(number) or not ok(number):
             raise ValueError(f"{name}: expected a finite number {expected}, got {value}")
+        values.append(number)
+    return values[0], values[1], values[2], values[3]
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}")
+    return value
+
+
+def _check_scales(
+    weights: Tensor, rho: float, kappa: float, eps: float, dtype: torch.dtype, what: str
+) -> None:
+    """The weights, rho, kappa, eps and the products the solve forms are finite in ``dtype``.
+
+    ``weights``: the float64 host weights; ``dtype``: the compute dtype of the
+    coefficients and the combine (``what`` says where it comes from). The
+    step forms kappa * w and kappa * sum(w) (Stage 2's joint term and tau) and
+    coefficients of order rho and kappa * sum(w), so each must be below
+    finfo(dtype).max, or the update is Inf/NaN with no other error.
+    """
+    big = torch.finfo(dtype).max
+    where = f"{dtype} ({what})"
+    w_max, w_sum = float(weights.max()), float(weights.sum())
+    if w_max > big or w_sum > big:
+        raise ValueError(
+            f"weights: expected values (and a sum) finite in {where}, at most {big:.4g}; "
+            f"got max {w_max:.4g}, sum {w_sum:.4g}"
+        )
+    if not float(weights.to(dtype).sum()) > 0:
+        raise ValueError(
+            f"weights: expected a positive sum in {where}, got weights that round to 0 "
+            f"(max {w_max:.4g})"
+        )
+    for name, value in (("rho", rho), ("kappa", kappa), ("eps", eps)):
+        if value > big:
+            raise ValueError(
+                f"{name}: expected a value finite in {where}, at most {big:.4g}; got {value:.4g}"
+            )
+    if kappa * w_sum > big:
+        raise ValueError(
+            f"kappa: kappa * sum(weights) = {kappa:.4g} * {w_sum:.4g} = {kappa * w_sum:.4g} "
+            f"overflows {where} (at most {big:.4g}); scale kappa or the weights down"
+        )
 
 
 def stage_mask(stages: Sequence[str]) -> int:
@@ -167,20 +229,18 @@ def stage_mask(stages: Sequence[str]) -> int:
     return mask
 
 
-def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Weights as an [n] tensor of ``dtype`` on ``device`` (all ones when None)."""
+def _host_weights(weights: Weights, n: int) -> Tensor | None:
+    """The weights as a float64 CPU tensor [n], checked; None when None (all ones)."""
     if weights is None:
-        return torch.ones(n, dtype=dtype, device=device)
+        return None
     if isinstance(weights, Tensor):
         if weights.is_complex() or weights.dtype == torch.bool:
             raise TypeError(f"weights: expected real numbers, got dtype {weights.dtype}")
-        if weights.device.type != "cpu" and weights.device != device:
-            raise ValueError(f"weights: expected a tensor on {device} or the CPU, got {weights.device}")
         host = weights.detach().to("cpu", torch.float64)  # the documented host read
     else:
         try:
             host = torch.tensor(list(weights), dtype=torch.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise TypeError(f"weights: expected a sequence of n = {n} numbers ({exc})") from None
     if host.shape != (n,):
         raise ValueError(f"weights: expected shape ({n},) (one per task), got {tuple(host.shape)}")
@@ -190,7 +250,32 @@ def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.d
         raise ValueError(f"weights: expected values >= 0, got {host.tolist()}")
     if host.sum() <= 0:
         raise ValueError("weights: expected a positive sum, got all zeros")
+    return host
+
+
+def _device_weights(
+    host: Tensor | None, n: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    if host is None:
+        return torch.ones(n, dtype=dtype, device=device)
     return backends.upload(host.to(dtype), device)
+
+
+def _check_weights_device(weights: Weights, device: torch.device) -> None:
+    if isinstance(weights, Tensor) and weights.device.type != "cpu" and weights.device != device:
+        raise ValueError(f"weights: expected a tensor on {device} or the CPU, got {weights.device}")
+
+
+def _check_weights(weights: Weights, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Weights as an [n] tensor of ``dtype`` on ``device`` (all ones when None).
+
+    Also checks that they are finite in ``dtype``.
+    """
+    _check_weights_device(weights, device)
+    host = _host_weights(weights, n)
+    if host is not None:
+        _check_scales(host, 0.0, 1.0, 0.0, dtype, "the weights' dtype")
+    return _device_weights(host, n, dtype, device)
 
 
 def _check_out(out: Tensor | None, grads: Tensor) -> Tensor:
@@ -207,6 +292,31 @@ def _check_out(out: Tensor | None, grads: Tensor) -> Tensor:
         raise ValueError(f"out: expected a tensor on {grads.device}, got {out.device}")
     if not out.is_contiguous():
         raise ValueError(f"out: expected a contiguous tensor, got stride {out.stride()}")
+    if out.requires_grad and torch.is_grad_enabled():
+        # As torch's in-place ops (leaves) and out= functions (all tensors) refuse them:
+        # the update is written without autograd, so a graph through out would be wrong.
+        if out.is_leaf:
+            raise ValueError(
+                "out: a leaf Variable that requires grad is being used in an in-place operation "
+                "(the update is written into out); pass a tensor with requires_grad=False "
+                "(e.g. a flat .grad), or write under torch.no_grad()"
+            )
+        raise ValueError(
+            "out: expected a tensor that does not require grad: the update written into it is "
+            "not differentiable (as torch's out= functions refuse); detach it, or write under "
+            "torch.no_grad()"
+        )
+    return out
+
+
+def _written(out: Tensor) -> Tensor:
+    """Bump ``out``'s version counter, as torch's in-place ops do (the kernels do not).
+
+    A tensor that autograd saved and that was then overwritten makes a later
+    backward() raise instead of silently using the new values.
+    """
+    if not out.is_inference():
+        torch.autograd.graph.increment_version(out)
     return out
 
 
@@ -234,19 +344,30 @@ def _check_step_args(
     out: Tensor | None,
     backend: str,
     nonfinite: str,
-) -> tuple[Tensor, Tensor, int, ModuleType]:
+    return_info: bool,
+) -> tuple[Tensor, Tensor, int, ModuleType, tuple[float, float, float, float]]:
     """The checks of a step's other arguments, once ``grads`` passed its own.
 
     Returns (out, weights in the accumulation dtype on grads' device, stage
-    mask, backend module).
+    mask, backend module, (rho, kappa, nu, eps) as floats).
     """
-    _check_hyper(rho, kappa, nu, eps)
+    hyper = _check_hyper(rho, kappa, nu, eps)
     mask = stage_mask(stages)
     if nonfinite not in _STEP_NONFINITE:
         raise ValueError(f"nonfinite: expected 'raise' or 'skip', got {nonfinite!r}")
+    _check_bool(return_info, "return_info")
     out = _check_out(out, grads)
-    w = _check_weights(weights, grads.shape[0], _accumulate_dtype(grads.dtype), grads.device)
-    return out, w, mask, _select_backend(backend, grads.device, grads.dtype)
+    n, acc = grads.shape[0], _accumulate_dtype(grads.dtype)
+    _check_weights_device(weights, grads.device)
+    host = _host_weights(weights, n)
+    ones = torch.ones(n, dtype=torch.float64)
+    rho, kappa, _, eps = hyper
+    _check_scales(
+        ones if host is None else host, rho, kappa, eps, acc,
+        f"the combine dtype of {grads.dtype} gradients",
+    )
+    w = _device_weights(host, n, acc, grads.device)
+    return out, w, mask, _select_backend(backend, grads.device, grads.dtype), hyper
 
 
 def _finish_step(
@@ -259,19 +380,24 @@ def _finish_step(
     return_info: bool,
     method: str = "camegrad",
     method_options: dict | None = None,
+    any_rank: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor | tuple[Tensor, StepInfo]:
-    """A step after its Gram: the nonfinite check, the solve, the combine into ``out``.
+    """A step after its Gram: the solve, the nonfinite checks, the combine into ``out``.
 
     ``solve_args`` = (weights, rho, kappa, nu, eps, stage mask), as the backend's
     ``coefficients`` takes them after the Gram. ``method`` other than "camegrad"
     solves with the backend's baseline solvers (:func:`methods.coefficients`,
     ``method_options`` as :func:`methods.check_method` returns them).
+    ``any_rank`` (the sharded step): a 0-dim bool flag -> that flag OR-ed over
+    all ranks, so that every rank skips, or raises on, an overflowed update alike.
     """
-    if nonfinite == "raise":
-        _raise_on_nonfinite(gram)
     alpha, coeffs, gap, skipped = _solve(module, gram, solve_args, method, method_options)
+    # "raise": one host read of the Gram's flags, the coefficients' flags and the bound.
+    check_update = nonfinite == "raise" and _raise_on_bad_solve(gram, coeffs, out.dtype)
     if grads.shape[1]:  # an empty column shard (camegrad_step_sharded) has nothing to combine
         module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
+    skipped = _guard_update(out, skipped, nonfinite, check_update, any_rank)
+    _written(out)
     if not return_info:
         return out
     return out, StepInfo(alpha, coeffs, gap, skipped, gram, task_cosines(gram), module.NAME)
@@ -287,18 +413,185 @@ def _solve(
     return methods.coefficients(module, method, gram, w.to(gram.dtype), rho, options or {})
 
 
-def _raise_on_nonfinite(gram: Tensor) -> None:
-    """``nonfinite="raise"``: one n x n read to the host, naming the bad tasks."""
-    finite = torch.isfinite(gram).cpu()
+def _raise_on_nonfinite_gram(finite: Tensor, dtype: torch.dtype) -> None:
+    """ValueError naming the tasks, from the host [n, n] bool flags of a Gram (of ``dtype``)."""
     if bool(finite.all()):
         return
     bad = [i for i, ok in enumerate(torch.diagonal(finite).tolist()) if not ok]
     if bad:
         raise ValueError(
             f"grads: task gradient(s) {bad} hold NaN or Inf values "
-            f"(or values too large for the {gram.dtype} Gram matrix)"
+            f"(or values too large for the {dtype} Gram matrix)"
         )
     raise ValueError("grads: the Gram matrix overflowed (gradients too large for its dtype)")
+
+
+def _raise_on_nonfinite(gram: Tensor) -> None:
+    """``nonfinite="raise"``: one n x n read to the host, naming the bad tasks."""
+    _raise_on_nonfinite_gram(torch.isfinite(gram).cpu(), gram.dtype)
+
+
+def _update_bound(gram: Tensor, coeffs: Tensor) -> Tensor:
+    """B = sum_i |c_i| sqrt(M_ii) >= max_k |(c @ G)_k| (Cauchy-Schwarz), on the device.
+
+    Formed in the solver's work dtype (float64 but on MPS), where it cannot overflow.
+    """
+    dtype = solver.work_dtype(gram.device)
+    norms = torch.sqrt(torch.diagonal(gram).to(dtype).clamp_min(0.0))
+    return (coeffs.to(dtype).abs() * norms).sum()
+
+
+def _raise_on_bad_solve(gram: Tensor, coeffs: Tensor, out_dtype: torch.dtype) -> bool:
+    """``nonfinite="raise"``: one host read (n x n + n + 1 numbers); whether to check the update.
+
+    Raises ValueError naming the tasks when the Gram is not finite, or naming the
+    coefficients when they are not (a finite Gram, but weights, kappa or rho too
+    large for the solve). Returns whether the bound B of :func:`_update_bound`
+    reaches finfo(out_dtype).max / 2 (a factor 2 of margin for the rounding of
+    M_ii and of the combine): only then can the update overflow, and only then
+    is it read (``torch.isfinite(out).all()``, one more host read).
+    """
+    n = gram.shape[0]
+    dtype = solver.work_dtype(gram.device)
+    packed = torch.cat(
+        [
+            torch.isfinite(gram).reshape(-1).to(dtype),
+            torch.isfinite(coeffs).to(dtype),
+            _update_bound(gram, coeffs).reshape(1),
+        ]
+    ).cpu()
+    _raise_on_nonfinite_gram(packed[: n * n].view(n, n) > 0, gram.dtype)
+    flags = packed[n * n : n * n + n].tolist()
+    bad = [i for i, ok in enumerate(flags) if not ok]
+    if bad:
+        raise ValueError(
+            f"coeffs: the coefficients of task(s) {bad} are not finite although the Gram matrix "
+            f"is (the weights, kappa or rho are too large for the {coeffs.dtype} solve)"
+        )
+    bound = float(packed[-1])
+    return not bound < torch.finfo(out_dtype).max / 2
+
+
+def _guard_update(
+    out: Tensor,
+    skipped: Tensor,
+    nonfinite: str,
+    check: bool,
+    any_rank: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """The nonfinite policy on the written update ``out``; returns ``skipped``.
+
+    "raise" with ``check`` (see :func:`_raise_on_bad_solve`): ValueError when the
+    update overflowed out's dtype (one host read). "skip": ``skipped`` also
+    when the update is not finite, and then ``out`` is zeroed; all on the
+    device (one extra read of the d-vector, and a masked write of it), no sync.
+    """
+    if nonfinite == "raise" and check:
+        bad = ~torch.isfinite(out).all()
+        if any_rank is not None:
+            bad = any_rank(bad)
+        if bool(bad):
+            raise ValueError(
+                f"grads: the update overflowed {out.dtype} (max {torch.finfo(out.dtype).max:.4g}): "
+                "the Gram and the coefficients are finite, but sum_i c_i g_i is not; scale the "
+                "losses or gradients down, or use a wider dtype"
+            )
+    elif nonfinite == "skip":
+        bad = ~torch.isfinite(out).all()
+        if any_rank is not None:
+            bad = any_rank(bad)
+        skipped = skipped | bad
+        out.masked_fill_(skipped, 0.0)
+    return skipped
+
+
+# --------------------------------------------------------------------------- Gram checks
+
+
+def _gram_tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """(symmetry, definiteness) tolerances for a Gram matrix of ``dtype``.
+
+    Symmetry: |M_ij - M_ji| <= 16 eps sqrt(M_ii M_jj); every Gram that this
+    package forms is symmetric to the bit (one triangle, mirrored), and
+    another G G^T by at most a few roundings.
+    Definiteness: min eig(M) >= -sqrt(eps) trace(M) (and, on the device,
+    |M_ij| <= sqrt(M_ii M_jj) (1 + sqrt(eps))). Rounding each entry of G G^T by a
+    relative gamma of ||g_i|| ||g_j|| moves the eigenvalues by at most
+    ||dM||_2 <= ||dM||_F <= gamma trace(M) (Weyl); gamma = sqrt(eps) bounds the
+    accumulated error of a d-term dot product with margin (blocked sums; 30x
+    above what fp32 G @ G.T with d = 4e6 collinear rows showed).
+    """
+    eps = torch.finfo(dtype).eps
+    return 16.0 * eps, math.sqrt(eps)
+
+
+def _gram_defect(gram: Tensor) -> Tensor:
+    """0-dim bool on gram's device, no sync: cheap necessary conditions of a Gram fail.
+
+    A negative diagonal entry, an asymmetry beyond rounding, or a pair breaking
+    Cauchy-Schwarz (|M_ij| > sqrt(M_ii M_jj) (1 + tol)). NaN/Inf entries compare
+    False here: the solver's own finiteness flag covers them.
+    """
+    sym_tol, psd_tol = _gram_tolerances(gram.dtype)
+    diag = torch.diagonal(gram)
+    norms = torch.sqrt(diag.clamp_min(0.0))
+    bound = norms[:, None] * norms[None, :]
+    negative = (diag < 0).any()
+    asymmetric = ((gram - gram.T).abs() > sym_tol * bound).any()
+    cauchy_schwarz = (gram.abs() > bound * (1.0 + psd_tol)).any()
+    return negative | asymmetric | cauchy_schwarz
+
+
+def _on_host(gram: Tensor) -> bool:
+    """Whether a user-given Gram is checked on the host (CPU) or flagged on its device."""
+    return gram.device.type == "cpu"
+
+
+def _check_host_gram(gram: Tensor) -> None:
+    """ValueError when a CPU ``gram`` is not a Gram matrix (not run on a non-finite one)."""
+    if not bool(torch.isfinite(gram).all()):
+        return  # the solver flags it: skipped, coeffs 0
+    sym_tol, psd_tol = _gram_tolerances(gram.dtype)
+    diag = torch.diagonal(gram)
+    if bool((diag < 0).any()):
+        i = int(torch.argmin(diag))
+        raise ValueError(
+            f"gram: not a Gram matrix: diagonal entry M[{i}, {i}] = {float(diag[i]):.4g} < 0 "
+            "(M_ii = ||g_i||^2 >= 0)"
+        )
+    m = gram.to(torch.float64)
+    norms = torch.sqrt(torch.diagonal(m))
+    excess = (m - m.T).abs() - sym_tol * norms[:, None] * norms[None, :]
+    if bool((excess > 0).any()):
+        k = int(torch.argmax(excess))
+        i, j = divmod(k, m.shape[0])
+        raise ValueError(
+            f"gram: not symmetric: M[{i}, {j}] = {float(m[i, j]):.6g} but M[{j}, {i}] = "
+            f"{float(m[j, i]):.6g} (tolerance 16 eps({gram.dtype}) sqrt(M_ii M_jj))"
+        )
+    lowest = float(torch.linalg.eigvalsh((m + m.T) / 2).min())
+    trace = float(torch.diagonal(m).sum())
+    if lowest < -psd_tol * trace:
+        raise ValueError(
+            f"gram: not positive semidefinite: smallest eigenvalue {lowest:.4g} < "
+            f"-sqrt(eps({gram.dtype})) * trace = {-psd_tol * trace:.4g} "
+            "(a Gram matrix G G^T has none below rounding)"
+        )
+
+
+def _flag_bad_gram(
+    gram: Tensor, result: tuple[Tensor, Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """On a non-CPU device: a Gram failing :func:`_gram_defect` is skipped (no sync)."""
+    alpha, coeffs, gap, skipped = result
+    bad = _gram_defect(gram)
+    nan = torch.full((), math.nan, dtype=alpha.dtype, device=alpha.device)
+    return (
+        torch.where(bad, nan, alpha),
+        torch.where(bad, torch.zeros_like(coeffs), coeffs),
+        torch.where(bad, nan.to(gap.dtype), gap),
+        skipped | bad,
+    )
 
 
 # --------------------------------------------------------------------------- public ops
@@ -307,7 +600,11 @@ def _raise_on_nonfinite(gram: Tensor) -> None:
 def gram(grads: Tensor, *, backend: str = "auto") -> Tensor:
     """The Gram matrix M = G G^T of task gradients ``grads`` [n, d].
 
-    Returns [n, n] float32 for fp16/bf16/fp32 input, float64 for fp64 input.
+    Returns [n, n] float64 for every input dtype (fp16/bf16/fp32/fp64): the
+    products of the inputs are exact in fp64 and summed there, so M is accurate
+    to ~eps64 |g_i| |g_j| even when task norms differ by 1e7x, where an fp32
+    Gram would decide the solver's answer. Deterministic: same bits for the
+    same input, whatever the thread count.
     """
     grads = _check_grads(grads)
     return _select_backend(backend, grads.device, grads.dtype).gram(grads)
@@ -328,27 +625,73 @@ def camegrad_coefficients(
 ) -> Coefficients:
     """CAME-Grad coefficients from the Gram matrix ``gram`` [n, n] (fp32/fp64).
 
-    ``g_final = coeffs @ G``. Runs on the Gram's device without a host sync.
-    ``method`` / ``method_options``: as :func:`camegrad_step`.
+    ``g_final = coeffs @ G``. ``method`` / ``method_options``: as :func:`camegrad_step`.
+    The weights, rho, kappa and eps must be finite in gram's dtype (as must
+    kappa * sum(weights)), else ValueError.
+
+    ``gram`` is checked to be a Gram matrix (symmetric positive semidefinite,
+    to rounding: :func:`_gram_tolerances`). A CPU tensor is checked on the
+    host (an eigvalsh of the n x n matrix) and a failure is a ValueError. On
+    another device it runs without a host sync: cheap necessary conditions
+    (no negative diagonal entry, symmetry, Cauchy-Schwarz for every pair)
+    are checked there, and a Gram failing them comes back ``skipped`` (coeffs
+    0, alpha and the gap NaN), as a non-finite one does.
     """
+    return _coefficients(
+        gram, weights, rho=rho, kappa=kappa, nu=nu, eps=eps, stages=stages, backend=backend,
+        method=method, method_options=method_options, check_gram=True,
+    )
+
+
+def _coefficients(
+    gram: Tensor,
+    weights: Weights,
+    *,
+    rho: float,
+    kappa: float,
+    nu: float,
+    eps: float,
+    stages: Sequence[str],
+    backend: str,
+    method: str,
+    method_options: dict | None,
+    check_gram: bool,
+) -> Coefficients:
+    """:func:`camegrad_coefficients`; ``check_gram=False``: a Gram formed here (one already)."""
     options = methods.check_method(method, method_options)
     gram = _check_gram(gram)
-    _check_hyper(rho, kappa, nu, eps)
+    rho, kappa, nu, eps = _check_hyper(rho, kappa, nu, eps)
     mask = stage_mask(stages)
-    w = _check_weights(weights, gram.shape[0], gram.dtype, gram.device)
+    n = gram.shape[0]
+    _check_weights_device(weights, gram.device)
+    host = _host_weights(weights, n)
+    ones = torch.ones(n, dtype=torch.float64)
+    _check_scales(ones if host is None else host, rho, kappa, eps, gram.dtype, "the Gram's dtype")
+    w = _device_weights(host, n, gram.dtype, gram.device)
     module = _select_backend(backend, gram.device, gram.dtype)
+    on_host = _on_host(gram)
+    if check_gram and on_host:
+        _check_host_gram(gram)
     solve_args = (w, rho, kappa, nu, eps, mask)
-    return Coefficients(*_solve(module, gram, solve_args, method, options))
+    result = _solve(module, gram, solve_args, method, options)
+    if check_gram and not on_host:
+        result = _flag_bad_gram(gram, result)
+    return Coefficients(*result)
 
 
 def combine(
     grads: Tensor, coeffs: Tensor, *, out: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
-    """``out = coeffs @ grads``: [n] x [n, d] -> [d] in grads' dtype (or into ``out``)."""
+    """``out = coeffs @ grads``: [n] x [n, d] -> [d] in grads' dtype (or into ``out``).
+
+    ``out`` must not require grad (with grad mode on); its version counter is
+    bumped, as by torch's in-place ops.
+    """
     grads = _check_grads(grads)
     coeffs = _check_coeffs(coeffs, grads)
     out = _check_out(out, grads)
-    return _select_backend(backend, grads.device, grads.dtype).combine(grads, coeffs, out, None)
+    module = _select_backend(backend, grads.device, grads.dtype)
+    return _written(module.combine(grads, coeffs, out, None))
 
 
 def task_cosines(gram: Tensor) -> Tensor:
@@ -379,15 +722,28 @@ def camegrad_step(
 
     Args:
         grads: contiguous [n, d] fp16/bf16/fp32/fp64 task gradients (row i = task i).
-        weights: n non-negative task weights with a positive sum (default ones).
-        rho, kappa, nu, eps: the paper's hyperparameters (Algorithm 1).
+        weights: n non-negative task weights with a positive sum (default ones),
+            finite in the combine dtype (fp32 for fp16/bf16/fp32 gradients,
+            fp64 for fp64), as kappa * sum(weights) must be (else ValueError).
+        rho, kappa, nu, eps: the paper's hyperparameters (Algorithm 1); any real
+            numbers (numpy scalars too, not bool), taken as floats.
         stages: which of "rectify", "rescale", "fuse" run (paper Table 4).
         out: optional [d] tensor of grads' dtype to write into (e.g. a flat .grad).
+            Not one that requires grad (with grad mode on; ValueError, as torch's
+            in-place ops); its version counter is bumped, so a backward through
+            a saved ``out`` raises instead of using the update.
         backend: "auto" (or $CAMEGRAD_BACKEND), "cuda", "triton", "cpu", "reference".
-        nonfinite: "raise" reads n flags to the host and raises ValueError naming
-            the tasks holding NaN/Inf; "skip" writes a zero update and sets
-            ``info.skipped`` on the device, with no host sync.
-        return_info: also return a :class:`StepInfo`.
+        nonfinite: "raise" reads the n x n Gram's finiteness flags, the n
+            coefficients' and a bound B = sum_i |c_i| ||g_i|| of the update to the
+            host (one read) and raises ValueError naming the tasks holding
+            NaN/Inf, or the non-finite coefficients; when B reaches half of
+            finfo(grads.dtype).max it reads whether the update is finite too (a
+            second read, only then) and raises if it overflowed (``out`` then
+            holds it). "skip" writes a zero update and sets ``info.skipped`` on
+            the device, with no host sync, when the Gram is not finite or the
+            update is not (this costs one extra read of the d-vector and a
+            masked write of it).
+        return_info: also return a :class:`StepInfo` (a bool, else TypeError).
         process_group: when given, ``grads`` is this rank's [n, d_local] column
             shard: the Gram partials are all-reduced on the group, every rank
             solves the same coefficients and combines its own shard
@@ -419,8 +775,8 @@ def camegrad_step(
         )
     options = methods.check_method(method, method_options)
     grads = _check_grads(grads)
-    out, w, mask, module = _check_step_args(
-        grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite
+    out, w, mask, module, (rho, kappa, nu, eps) = _check_step_args(
+        grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite, return_info
     )
     solve_args = (w, rho, kappa, nu, eps, mask)
     return _finish_step(

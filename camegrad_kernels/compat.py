@@ -82,7 +82,12 @@ class CAME_Grad:  # the paper repository's name
         if shared_params is not None:
             self.camegrad = CAMEGrad(shared_params, **self._hyper)
         else:  # validate the hyperparameters now, not at the first step
-            probe = torch.zeros(1, requires_grad=True)
+            # in the parameters' dtype: kappa must be finite in its combine dtype
+            floating = [
+                p for g in optimizer.param_groups for p in g["params"] if p.is_floating_point()
+            ]
+            dtype = floating[0].dtype if floating else torch.float32
+            probe = torch.zeros(1, dtype=dtype, requires_grad=True)
             CAMEGrad([probe], **self._hyper)
         self.last_info: TrainStepInfo | None = None
 

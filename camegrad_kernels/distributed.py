@@ -25,11 +25,11 @@ from .api import (
     DEFAULT_STAGES,
     StepInfo,
     Weights,
-    _accumulate_dtype,
     _check_grads,
     _check_step_args,
     _finish_step,
 )
+from .backends.reference import gram_dtype
 
 ProcessGroup = Optional[dist.ProcessGroup]
 # What every rank must agree on; one float64 each (exact for these values).
@@ -126,18 +126,24 @@ def camegrad_step_sharded(
     then raises unless all ranks drew the same (seed them alike, or pass a seed).
 
     Communication: that descriptor all_gather, plus one all_reduce of the
-    [n, n] Gram (fp32, fp64 for fp64 gradients).
+    [n, n] Gram (float64 for every gradient dtype). Each rank checks its own
+    update shard (``nonfinite`` as in camegrad_step), so that all ranks skip,
+    or raise on, an update that overflowed on any of them: with
+    ``nonfinite="skip"`` one more all_reduce of one number per call; with
+    "raise" only when the update bound says it may have overflowed (the same
+    decision on every rank: the global Gram and coefficients). ``out`` must not
+    require grad and has its version counter bumped, as in camegrad_step.
     """
     device = grads_shard.device if isinstance(grads_shard, Tensor) else torch.device("cpu")
     try:
         grads = _check_shard(grads_shard)
-        out, w, mask, module = _check_step_args(
-            grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite
+        out, w, mask, module, (rho, kappa, nu, eps) = _check_step_args(
+            grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite, return_info
         )
         options = methods.check_method(method, method_options)
         if method == "pcgrad" and options["seed"] is None:  # drawn once, then checked
             options["seed"] = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        n, acc = grads.shape[0], _accumulate_dtype(grads.dtype)
+        n, acc = grads.shape[0], gram_dtype(grads.dtype, device)  # the Gram's: float64
         descriptor = [
             n,
             _FLOAT_DTYPES.index(grads.dtype),
@@ -166,8 +172,14 @@ def camegrad_step_sharded(
     dist.all_reduce(gram, group=process_group)
     # The same reduced Gram everywhere: with nonfinite="raise" all ranks raise together.
     solve_args = (w, rho, kappa, nu, eps, mask)
+
+    def any_rank(flag: Tensor) -> Tensor:  # the ranks agree on skipping (or raising on) an update
+        value = flag.to(torch.int32).reshape(1)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=process_group)
+        return value[0] > 0
+
     return _finish_step(
-        module, grads, gram, solve_args, out, nonfinite, return_info, method, options
+        module, grads, gram, solve_args, out, nonfinite, return_info, method, options, any_rank
     )
 
 

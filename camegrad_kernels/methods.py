@@ -22,7 +22,7 @@ Methods (the ``method=`` of :func:`camegrad_kernels.camegrad_step`):
   ``rescale`` 0: ``u``, 1 (their default): ``u / (1 + rho^2)``, 2:
   ``u / (1 + rho)``. The code's absolute 1e-8 guards are not reproduced (they
   break scale invariance); ``g_w = 0`` (0 in the convex hull) gives ``u = g0``.
-  alpha = w*, gap = the normalised duality gap of w* (design note §2).
+  alpha = w*, gap = the normalised duality gap of w* (docs/camegrad.md §2).
 * ``"mgda"``: MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the
   convex hull, ``alpha = argmin_{alpha in simplex} alpha^T M alpha``, solved with
   :func:`solver.solve_dual` (b = 0, s = 1: minimising ``sqrt(alpha^T M alpha)`` is
@@ -152,7 +152,7 @@ def cagrad_coefficients(
     M: Tensor, w: Tensor, rho: float, rescale: int = 1
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """CAGrad (public-code conventions, see the module doc) on the weighted gradients."""
-    # CAME-Grad's Stage 1 alone is CAGrad's u (design note §1): coeffs = a_u. The
+    # CAME-Grad's Stage 1 alone is CAGrad's u (docs/camegrad.md §1): coeffs = a_u. The
     # weighted Gram stays in M's dtype so that the r = 0 threshold is M's.
     Mw = M * w[:, None] * w[None, :]
     alpha, a_u, gap, skipped = solver.camegrad_coefficients(

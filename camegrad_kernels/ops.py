@@ -30,8 +30,10 @@ HAS_CPU_OPS = _load("_C")
 HAS_CUDA_OPS = HAS_CPU_OPS and _load("_cuda")
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# The Gram (and so the coefficients solved from it) is float64 for every input
+# dtype (backends.reference.gram_dtype); the combine accumulates in fp32 for
+# fp16/bf16/fp32 gradients but writes grads' dtype.
+_GRAM_DTYPE = torch.float64
 
 
 if HAS_CPU_OPS:
@@ -39,7 +41,7 @@ if HAS_CPU_OPS:
     @torch.library.register_fake("camegrad::gram")
     def _gram_fake(grads: Tensor) -> Tensor:
         n = grads.shape[0]
-        return grads.new_empty((n, n), dtype=_acc(grads.dtype))
+        return grads.new_empty((n, n), dtype=_GRAM_DTYPE)
 
     def _solve_fake(gram: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n = gram.shape[0]
@@ -87,7 +89,7 @@ if HAS_CPU_OPS:
         grads: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         n, d = grads.shape
-        acc = _acc(grads.dtype)
+        acc = _GRAM_DTYPE  # the Gram's dtype: alpha, coeffs and gap come back in it
         return (
             grads.new_empty((d,)),
             grads.new_empty((n, n), dtype=acc),

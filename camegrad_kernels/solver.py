@@ -1,6 +1,6 @@
 """Gram-space CAME-Grad coefficients written in torch ops (the fallback solver).
 
-Everything here works on the n x n Gram matrix ``M = G G^T`` only (design note
+Everything here works on the n x n Gram matrix ``M = G G^T`` only (docs/camegrad.md
 §1): the dual of Stage 1 is solved over the simplex and the three stages are
 turned into n coefficients ``c`` with ``g_final = c^T G``.
 
@@ -37,7 +37,7 @@ PRECOND_FLOOR = 1e-30
 
 
 def smoothing(gram_dtype: torch.dtype, work: torch.dtype = torch.float64) -> float:
-    """gamma, the relative weight of the smoothing term of the dual (docs/camegrad.md §3).
+    """gamma, the relative weight of the smoothing term of the dual (docs/camegrad.md §4).
 
     r^2 = a^T M a is known only to about eps * (sum_i a_i ||g_i||)^2: the Gram's
     rounding of each M_ij is relative to ||g_i|| ||g_j||, and evaluating a^T M a
@@ -123,7 +123,7 @@ def _power_lambda_max(M: Tensor, iters: int = 16) -> Tensor:
 
 
 def _face_solve(M: Tensor, b: Tensor, s: Tensor, support: Tensor) -> Tensor:
-    """The exact dual optimum on the face with the given support (design note §2b).
+    """The exact dual optimum on the face with the given support (docs/camegrad.md §2b).
 
     Returns alpha in the simplex (clamped and renormalised); when the face has no
     interior stationary point the result is still feasible, just not optimal, and
@@ -161,7 +161,7 @@ def _objective(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor) -> Tensor:
 
 
 def duality_gap(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor, k: Tensor) -> Tensor:
-    """Normalised duality gap (design note §2) of alpha and the primal point a_u = a_mu + k alpha.
+    """Normalised duality gap (docs/camegrad.md §2) of alpha and the primal point a_u = a_mu + k alpha.
 
     F(alpha) - min_i (M a_u)_i, normalised by ||mu|| max_i ||g_i|| (0 when all is
     0). With ||u - mu|| = k r <= s (as :func:`rectify_scale` guarantees), u is

@@ -204,7 +204,7 @@ class CAMEGrad:
     ) -> None:
         self.params = _shared_list(shared_params)
         options = methods.check_method(method, method_options)  # camegrad_step's own check
-        api._check_hyper(rho, kappa, nu, eps)
+        rho, kappa, nu, eps = api._check_hyper(rho, kappa, nu, eps)  # numpy scalars -> floats
         if isinstance(stages, str):
             api.stage_mask(stages)  # raises the clear TypeError
         stages = tuple(stages)  # an iterator must not be used up by the check
@@ -227,11 +227,11 @@ class CAMEGrad:
         self.timing = bool(timing)
         self.timings: dict[str, float] = {}
 
-        self.n = None
-        self.set_weights(weights)
-
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
+        self.n = None
+        self.set_weights(weights)  # checked against the combine dtype of self.dtype
+
         self.numel = sum(p.numel() for p in self.params)
         self._shared_ids = {id(p) for p in self.params}
         self.n: int | None = None
@@ -287,6 +287,12 @@ class CAMEGrad:
                 )
             host = api._check_weights(weights, count, torch.float64, torch.device("cpu"))
             parsed = host.tolist()
+        # The weights, rho, kappa, eps and kappa * sum(w) must be finite in the combine
+        # dtype (camegrad_step checks it again; here the error comes at the call that set them).
+        check = torch.tensor([1.0] if parsed is None else parsed, dtype=torch.float64)
+        acc = api._accumulate_dtype(self.dtype)
+        what = f"the combine dtype of {self.dtype} gradients"
+        api._check_scales(check, self.rho, self.kappa, self.eps, acc, what)
         self.weights: list[float] | None = parsed
         # All-ones weights are passed as None: camegrad_step then copies nothing to the device.
         uniform = parsed is None or all(w == 1.0 for w in parsed)
@@ -461,18 +467,21 @@ class CAMEGrad:
             api._raise_on_nonfinite(gram)
         self._sync()
         t2 = time.perf_counter()
-        co = api.camegrad_coefficients(gram, self._weights_host, **self._solver_options())
+        # The Gram formed above is a Gram by construction: not re-validated (as in camegrad_step).
+        co = api._coefficients(
+            gram, self._weights_host, **self._solver_options(), check_gram=False
+        )
         self._sync()
         t3 = time.perf_counter()
+        check = nonfinite == "raise" and api._raise_on_bad_solve(gram, co.coeffs, self.dtype)
         api.combine(self.grads, co.coeffs, out=self.update, backend=self.backend)
-        if nonfinite == "skip":
-            self.update.masked_fill_(co.skipped, 0.0)
+        skipped = api._guard_update(self.update, co.skipped, nonfinite, check)
         self._sync()
         t4 = time.perf_counter()
         self.timings = {"backward": t1 - t0, "gram": t2 - t1, "solve": t3 - t2, "combine": t4 - t3}
         name = api._select_backend(self.backend, self.device, self.dtype).NAME
         return StepInfo(
-            co.alpha, co.coeffs, co.duality_gap, co.skipped, gram, api.task_cosines(gram), name
+            co.alpha, co.coeffs, co.duality_gap, skipped, gram, api.task_cosines(gram), name
         )
 
     def __repr__(self) -> str:

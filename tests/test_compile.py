@@ -80,7 +80,10 @@ def _assert_same(compiled, eager) -> None:
 def test_compile_fullgraph_matches_eager(fn, calls, dtype):
     compiled, counter = _compile(fn)
     G, w, param = _inputs(dtype)
-    _assert_same(compiled(G, w, param), fn(G, w, param))
+    got = compiled(G, w, param)
+    _assert_same(got, fn(G, w, param))
+    # The Gram, hence alpha, coeffs and gap, are float64 for every gradient dtype.
+    assert [t.dtype for t in got[1][1:5]] == [torch.float64] * 4
     # A second problem of the same shape reuses the graph and still matches.
     G2, w2, param2 = _inputs(dtype)
     G2 = G2.flip(0).contiguous()

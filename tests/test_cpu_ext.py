@@ -145,7 +145,7 @@ def test_step(dtype, n, d):
     ref = R.combine(g, ref_coeffs, torch.empty(d, dtype=dtype), None)
     tol = 1e-9 if dtype == torch.float64 else max(1e-4, 2 * torch.finfo(dtype).eps)
     assert update.dtype == dtype and rel_err(update, ref) <= tol
-    if n == 1:  # closed form (design note §1): kappa * w_0 * g_0, up to eps
+    if n == 1:  # closed form (docs/camegrad.md §1): kappa * w_0 * g_0, up to eps
         assert rel_err(update, HYPER[1] * w[0] * g[0].to(acc(dtype))) <= max(tol, 1e-7)
 
 

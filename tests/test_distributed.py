@@ -56,16 +56,39 @@ def _sharded_matches(device, dtype, n, sizes, tol, **kw):
     assert out.shape == (sizes[rank],) and out.dtype == dtype
     err = (out - ref[lo : lo + sizes[rank]]).norm() / ref.norm()
     assert err <= tol, f"relative error {err:.3g} > {tol}"
+    # The all-reduced Gram is float64 for every dtype (an empty shard's zeros too).
+    assert info.gram.dtype == ref_info.gram.dtype == torch.float64
     torch.testing.assert_close(
         info.gram, ref_info.gram, rtol=tol, atol=tol * ref_info.gram.abs().max()
     )
-    # Bitwise identical alpha and coefficients on every rank.
-    bits = torch.cat([info.alpha, info.coeffs]).view(
-        torch.int64 if dtype == torch.float64 else torch.int32
-    )
+    # Bitwise identical alpha and coefficients (the Gram's float64) on every rank.
+    assert info.alpha.dtype == info.coeffs.dtype == torch.float64
+    bits = torch.cat([info.alpha, info.coeffs]).view(torch.int64)
     every = [torch.empty_like(bits) for _ in range(world)]
     dist.all_gather(every, bits)
     assert all(torch.equal(b, every[0]) for b in every), "alpha/coeffs bits differ across ranks"
+
+
+@scenario
+def sharded_dynamic_range(device):
+    """Norms 1e7 apart, fp32: the sharded step equals the float64 answer on the rounded input."""
+    from camegrad_kernels import methods, reference
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = [40, 37, 31][:world]
+    full = _grads(4, sum(sizes), torch.float64, device, seed=7)
+    norms = torch.tensor([1.0, 1e-7, 1e-3, 1e-5], dtype=torch.float64, device=device)
+    full = (full / full.norm(dim=1, keepdim=True) * norms[:, None]).float()
+    lo = sum(sizes[:rank])
+    shard = full[:, lo : lo + sizes[rank]].contiguous()
+    g64 = full.double()
+    out = camegrad_step_sharded(shard, backend=BACKEND)
+    want = reference.camegrad_step(g64)[lo : lo + sizes[rank]]
+    assert (out.double() - want).norm() <= 1e-4 * want.norm()
+    out = camegrad_step_sharded(shard, backend=BACKEND, method="cagrad")
+    _, c, _, _ = methods.cagrad_coefficients(g64 @ g64.T, torch.ones(4, dtype=torch.float64), 0.5)
+    want = (c @ g64)[lo : lo + sizes[rank]]
+    assert (out.double() - want).norm() <= 1e-4 * want.norm()
 
 
 @scenario

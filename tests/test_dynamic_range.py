@@ -1,4 +1,4 @@
-"""Exact over the whole dynamic range (docs/camegrad.md §3-4).
+"""Exact over the whole dynamic range (docs/camegrad.md §4-6).
 
 * Tasks whose gradient norms differ by 1 ... 1e7 (rows shuffled), in fp32, bf16
   and fp64, on every backend present, against the float64 answer on the same

@@ -68,11 +68,11 @@ def test_gram(n, dtype):
     # d = 2561: three programs of 1024 columns, the last one partly masked.
     g = _grads(n, 2561, dtype, seed=n)
     got, want = backend.gram(g), reference.gram(g)
-    assert got.dtype == want.dtype and got.shape == (n, n)
+    # float64 for every dtype: exact products of the inputs, summed in fp64.
+    assert got.dtype == want.dtype == torch.float64 and got.shape == (n, n)
     assert torch.equal(got, got.T)
     scale = want.diagonal().max().item()
-    tol = 1e-13 if dtype == torch.float64 else 2e-6
-    torch.testing.assert_close(got, want, rtol=0.0, atol=tol * scale)
+    torch.testing.assert_close(got, want, rtol=0.0, atol=1e-13 * scale)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,36 @@ def test_degenerate(case):
     _assert_coeffs_close(coeffs, r_coeffs, 1e-9)
 
 
+def _smoothing_case(case: str) -> torch.Tensor:
+    if case == "anisotropic":  # norms 1 and 3e-3: r is not compared with the largest norm
+        return torch.tensor([[1.0, 0.0], [0.0, 3e-3]], dtype=torch.float64, device=DEVICE)
+    g = _grads(2, 40, torch.float64, seed=9)  # "g, -g, h": 0 in the hull of the first two
+    return torch.stack([g[0], -g[0], g[1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["anisotropic", "g, -g, h"])
+def test_smoothed_dual_matches_torch(case, dtype):
+    # The smoothed dual (gamma from the gram's dtype) agrees with solver.py to 1e-9.
+    g = _smoothing_case(case)
+    gram = (g @ g.T).to(dtype)
+    w = torch.ones(g.shape[0], dtype=dtype, device=DEVICE)
+    (alpha, coeffs, gap, _), (r_alpha, r_coeffs, r_gap, _) = _both(gram, w)
+    _assert_coeffs_close(coeffs, r_coeffs, 1e-9)
+    _assert_coeffs_close(alpha, r_alpha, 1e-9)
+    # The gap reads M alpha ~ 0 times k ~ 1 / sqrt(gamma) when 0 is in the hull:
+    # it agrees absolutely, to rounding / sqrt(gamma).
+    assert abs(gap.item() - r_gap.item()) <= GAP_TOL[dtype]
+    if case == "anisotropic":
+        update = coeffs.double() @ g
+        torch.testing.assert_close(
+            update,
+            torch.tensor([1.372, 0.540], dtype=torch.float64, device=DEVICE),
+            atol=1e-3,
+            rtol=0,
+        )
+
+
 def test_non_finite_gram_is_skipped():
     gram = reference.gram(_grads(4, 50, torch.float32))
     gram[1, 2] = float("nan")
@@ -181,6 +211,8 @@ def test_large_n_falls_back_to_torch():
     torch.testing.assert_close(gram, reference.gram(g), rtol=1e-13, atol=1e-12)
     (_, coeffs, _, _), (_, r_coeffs, _, _) = _both(gram, _weights(130, torch.float64))
     assert torch.equal(coeffs, r_coeffs)
+    low = backend.gram(g.float())  # the torch path's Gram is float64 too
+    assert low.dtype == torch.float64 and torch.equal(low, reference.gram(g.float()))
 
 
 # The baselines (triton_ops: cagrad in solve.py, mgda and pcgrad in methods.py)

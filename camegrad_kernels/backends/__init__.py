@@ -6,7 +6,8 @@ Every backend module defines::
     def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None
         # None when it can run tensors of this device and dtype, else why not.
     def gram(grads: Tensor) -> Tensor
-        # grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n], fp32 (fp64 for fp64).
+        # grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n] float64 for every
+        # dtype (reference.gram_dtype), accurate to ~eps64 |g_i| |g_j|.
     def coefficients(gram, weights, rho, kappa, nu, eps, stages: int)
         -> (alpha [n], coeffs [n], duality_gap [], skipped [] bool)
         # gram [n, n] fp32/fp64, weights [n] in gram's dtype on its device,
@@ -18,7 +19,9 @@ Every backend module defines::
         # returns as coefficients); order [n, n] int64 on gram's device.
     def combine(grads, coeffs, out, skip) -> Tensor
         # out[d] = coeffs @ grads written into ``out`` (grads' dtype); zeros when
-        # ``skip`` (a 0-dim bool tensor, or None) is true. No host sync.
+        # ``skip`` (a 0-dim bool tensor, or None) is true. No host sync. coeffs
+        # come in the Gram's dtype (float64) and are rounded to the combine's
+        # dtype, reference.accumulate_dtype(grads.dtype), before the kernel.
 
 Inputs reach a backend already validated (api.py); backends do no checking.
 """

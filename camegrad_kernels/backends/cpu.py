@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from . import reference
 
 NAME = "cpu"
 
@@ -47,5 +48,7 @@ def pcgrad_coefficients(
 
 
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
+    # float64 coefficients (the Gram's dtype) rounded to the combine's dtype.
+    coeffs = coeffs.to(reference.accumulate_dtype(grads.dtype))
     torch.ops.camegrad.combine_out(grads, coeffs, skip, out)
     return out

@@ -74,5 +74,7 @@ def pcgrad_coefficients(
 
 
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
+    # float64 coefficients (the Gram's dtype) rounded to the combine's dtype.
+    coeffs = coeffs.to(reference.accumulate_dtype(grads.dtype))
     torch.ops.camegrad.combine_out(grads, coeffs, skip, out)
     return out

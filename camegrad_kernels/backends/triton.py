@@ -14,6 +14,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .reference import accumulate_dtype
+
 NAME = "triton"
 
 
@@ -75,4 +77,5 @@ def pcgrad_coefficients(
 
 
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
-    return _ops().combine(grads, coeffs, out, skip)
+    # float64 coefficients (the Gram's dtype) rounded to the combine's dtype.
+    return _ops().combine(grads, coeffs.to(accumulate_dtype(grads.dtype)), out, skip)

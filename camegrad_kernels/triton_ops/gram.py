@@ -1,5 +1,13 @@
 """Pass 1: the Gram matrix M = G G^T, a deterministic two-kernel blocked reduction.
 
+M is float64 for every input dtype: tiles are converted to fp64 (exactly) and
+multiplied by an fp64 ``tl.dot`` (``out_dtype`` given explicitly: triton <= 3.7
+defaults it to fp32 and rejects an fp64 accumulator otherwise). Products of two
+fp16/bf16/fp32 values are exact in fp64, so M is accurate to ~eps64 |g_i| |g_j|
+(an fp32 accumulator's ~eps32 |g_i| |g_j| decides the solver's answer when task
+norms differ by 1e6x and more). On GPUs with a low fp64 rate (A40-class, 1/64
+of fp32) the plan is compensated fp32 instead, as in csrc/cuda/gram.cu.
+
 Each program of the first kernel reduces one fixed slice of the d columns into an
 n x n partial held in registers; the second kernel sums the partials in a fixed
 order. No atomics, and the split into slices depends only on d (never on the
@@ -13,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..backends.reference import gram as _torch_gram
+from ..backends.reference import gram_dtype
 
 # The register tiles are [NPAD, NPAD] and [NPAD, BLOCK_D]: beyond this n the
 # kernel would spill, and the torch fallback is the better choice.
@@ -34,7 +45,7 @@ def block_d(npad: int) -> int:
     hence the bits, never depends on what the autotuner picked in this process."""
     if triton.knobs.runtime.interpret:
         return GRAIN  # fewest interpreted steps
-    return max(32, 8192 // npad)  # an [NPAD, BLOCK_D] tile of 8K elements
+    return max(32, 4096 // npad)  # an [NPAD, BLOCK_D] fp64 tile of 32 KiB
 
 
 # Autotuning under the interpreter only burns time: one config there.
@@ -46,7 +57,7 @@ if not triton.knobs.runtime.interpret:
 @triton.autotune(configs=_CONFIGS, key=["NPAD"])
 @triton.jit
 def _gram_partial_kernel(
-    g_ptr, ws_ptr, n, d, chunk, NPAD: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr
+    g_ptr, ws_ptr, n, d, chunk, NPAD: tl.constexpr, BLOCK_D: tl.constexpr, LOW: tl.constexpr
 ):
     pid = tl.program_id(0)
     rows = tl.arange(0, NPAD)
@@ -55,17 +66,18 @@ def _gram_partial_kernel(
     # int64: n * d passes 2^31 for the large models this is meant for.
     row_off = rows.to(tl.int64)[:, None] * d
     start = pid.to(tl.int64) * chunk
-    acc = tl.zeros([NPAD, NPAD], dtype=ws_ptr.dtype.element_ty)
+    acc = tl.zeros([NPAD, NPAD], dtype=tl.float64)
     for k in range(0, chunk, BLOCK_D):
         c = start + k + cols
         x = tl.load(
             g_ptr + row_off + c[None, :], mask=row_ok[:, None] & (c[None, :] < d), other=0.0
         )
-        if UPCAST:
+        # Exact conversions (fp16/bf16/fp32 through fp32: the interpreter reads
+        # bf16 as raw integers otherwise), then an fp64 dot, fp64 accumulator.
+        if LOW:
             x = x.to(tl.float32)
-        # fp16/bf16 products are exact in the fp32 accumulator; "ieee" keeps fp32
-        # off TF32, and fp64 goes through the same dot with an fp64 accumulator.
-        acc = tl.dot(x, tl.trans(x), acc, input_precision="ieee")
+        x = x.to(tl.float64)
+        acc = tl.dot(x, tl.trans(x), acc, input_precision="ieee", out_dtype=tl.float64)
     ij = rows[:, None] * n + rows[None, :]
     tl.store(ws_ptr + pid * n * n + ij, acc, mask=row_ok[:, None] & row_ok[None, :])
 
@@ -90,12 +102,11 @@ def _gram_reduce_kernel(ws_ptr, m_ptr, n, programs, BLOCK_P: tl.constexpr, BLOCK
 
 
 def gram(grads: Tensor) -> Tensor:
-    """grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n] fp32 (fp64 for fp64)."""
+    """grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n] float64."""
     n, d = grads.shape
-    acc = torch.float64 if grads.dtype == torch.float64 else torch.float32
+    acc = gram_dtype(grads.dtype)
     if n > MAX_N:
-        g = grads.to(acc)
-        return g @ g.T
+        return _torch_gram(grads)  # fixed fp64 column chunks (backends/reference.py)
     programs, chunk = split(d)
     npad = max(16, triton.next_power_of_2(n))
     ws = torch.empty((programs, n, n), dtype=acc, device=grads.device)
@@ -107,8 +118,7 @@ def gram(grads: Tensor) -> Tensor:
         chunk,
         NPAD=npad,
         BLOCK_D=block_d(npad),
-        # The interpreter's dot reads bf16 as raw integers; fp32 is exact for bf16.
-        UPCAST=bool(triton.knobs.runtime.interpret and grads.dtype == torch.bfloat16),
+        LOW=grads.dtype != torch.float64,
     )
     M = torch.empty((n, n), dtype=acc, device=grads.device)
     grid = (triton.cdiv(n * n, REDUCE_BLOCK_E),)

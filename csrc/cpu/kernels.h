@@ -19,7 +19,8 @@
 namespace camegrad {
 namespace cpu {
 
-// M = G G^T for contiguous G [n, d]: fp32 for fp16/bf16/fp32, fp64 for fp64.
+// M = G G^T for contiguous G [n, d], in fp64 for every input dtype (products of
+// fp16/bf16/fp32 values are exact in fp64 and summed there; gram.cpp).
 at::Tensor gram(const at::Tensor& grads);
 
 // (alpha, coeffs, duality_gap, skipped) from the Gram matrix (solver.h).

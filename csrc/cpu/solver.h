@@ -152,7 +152,7 @@ CAMEGRAD_HD double power_lambda_max(const double* A, double* v, double* Av, int 
   return clamp_min(dot(v, Av, n), TINY);
 }
 
-// Exact dual optimum on the face {i : z_i > 0} (design note §2b), written to
+// Exact dual optimum on the face {i : z_i > 0} (docs/camegrad.md §2b), written to
 // alpha. The ridged system M_S + ridge I is solved by Gaussian elimination with
 // partial pivoting (what torch.linalg.solve_ex's LU does); a zero or non-finite
 // pivot invalidates the candidate like LAPACK's inf/NaN result does in solver.py.

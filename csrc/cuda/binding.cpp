@@ -53,17 +53,18 @@ void check_grads(const at::Tensor& grads) {
   TORCH_CHECK(grads.dim() == 2, "camegrad: grads must be [n_tasks, d], got ", grads.sizes());
 }
 
+// M in double (gram_t) for every gradient dtype; the solvers then return double.
 at::Tensor gram_impl(const at::Tensor& g) {  // g: contiguous
   const int64_t n = g.size(0), d = g.size(1);
   TORCH_CHECK(n >= 1 && n <= kGramMaxN, "camegrad (cuda): gram supports 1 to ", kGramMaxN, " tasks, got ", n);
-  const auto options = g.options().dtype(accumulate_type(g.scalar_type()));
+  const auto options = g.options().dtype(at::kDouble);
   at::Tensor M = at::empty({n, n}, options);
   dispatch(g.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    using A = acc_t<T>;
     at::Tensor workspace = at::empty({int64_t(gram_workspace_elems<T>(n, d))}, options);
     C10_CUDA_CHECK(launch_gram(static_cast<const T*>(g.const_data_ptr()), n, d,
-                               workspace.mutable_data_ptr<A>(), M.mutable_data_ptr<A>(), current_stream()));
+                               workspace.mutable_data_ptr<gram_t>(), M.mutable_data_ptr<gram_t>(),
+                               current_stream()));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return M;

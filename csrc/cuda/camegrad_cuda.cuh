@@ -23,7 +23,8 @@ constexpr int kGramMaxN = 256;      // staged rows of G must fit in shared memor
 constexpr int kSolveMaxN = 64;      // the solver keeps two n x n double matrices in shared memory
 constexpr int kCombineMaxN = 4096;  // coefficients are staged in shared memory
 
-// Accumulation precision: fp32 for __half, __nv_bfloat16 and float, fp64 for double.
+// The combine's accumulation precision: fp32 for __half, __nv_bfloat16 and
+// float, fp64 for double (the Gram is gram_t, double, for all four).
 template <typename T>
 struct Accumulate {
   using type = float;
@@ -35,15 +36,20 @@ struct Accumulate<double> {
 template <typename T>
 using acc_t = typename Accumulate<T>::type;
 
-// Elements of acc_t<T> in the workspace launch_gram needs for G [n, d].
+// The Gram's type for every gradient dtype: products of fp16/bf16/fp32 values
+// are exact in double, and summed there (gram.cu), so M is accurate to ~eps64
+// |g_i| |g_j| (an fp32 sum is not, once task norms differ by 1e6x). The
+// solvers then run on a double M, and the coefficients come back in double.
+using gram_t = double;
+
+// Elements of gram_t in the workspace launch_gram needs for G [n, d].
 template <typename T>
 size_t gram_workspace_elems(int64_t n, int64_t d);
 
-// M [n, n] = G G^T for row-major G [n, d]: a deterministic two-stage reduction
-// (fixed split of d, fixed summation order, no atomics).
+// M [n, n] = G G^T in gram_t for row-major G [n, d]: a deterministic two-stage
+// reduction (fixed split of d, fixed summation order, no atomics).
 template <typename T>
-cudaError_t launch_gram(const T* G, int64_t n, int64_t d, acc_t<T>* workspace, acc_t<T>* M,
-                        cudaStream_t stream);
+cudaError_t launch_gram(const T* G, int64_t n, int64_t d, gram_t* workspace, gram_t* M, cudaStream_t stream);
 
 // solver.camegrad_coefficients on the Gram matrix M [n, n] and weights w [n]
 // (A = float or double), computed in double by one thread block. Writes alpha

@@ -1,4 +1,4 @@
-// Pass 2: out = c^T G (design note §3) in one read of G and one write of out.
+// Pass 2: out = c^T G (docs/camegrad.md §3) in one read of G and one write of out.
 // Each thread owns one 128-bit column vector (one column when unaligned) and
 // streams the n rows through it in row order, so every output element has one
 // fixed summation order whatever the grid.

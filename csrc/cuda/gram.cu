@@ -1,8 +1,29 @@
-// Pass 1: M = G G^T (design note §3) in one read of G.
+// Pass 1: M = G G^T (docs/camegrad.md §3) in one read of G, in double for every
+// input dtype.
+//
+// Precision: a product of two fp16/bf16/fp32 values is exact in fp64, so the
+// staged chunk is converted to double once and every product is summed in
+// double (fp64 FMAs): M is accurate to ~eps64 |g_i| |g_j|. An fp32 accumulator
+// is off by ~eps32 |g_i| |g_j|, which relative to |g_i|^2 grows with the norm
+// ratio |g_j| / |g_i|: at the 1e6-1e7 ratios of multi-task training the
+// solver's answer is wrong. fp64 FMAs run at half the fp32 rate on A100/H100,
+// and this pass is memory bound for the task counts it is meant for.
+//
+// Plan for A40-class GPUs (fp64 at 1/64 of the fp32 rate, where fp64 FMAs are
+// no answer): stage fp32 as before and accumulate each dot in compensated fp32,
+// the "Dot2" of Ogita, Rump and Oishi (2005): TwoProduct p = a * b,
+// e = fmaf(a, b, -p) (exact: a * b = p + e), TwoSum of p into the running sum s
+// with its rounding error added, together with e, into a compensation c; every
+// per-lane (s, c) is then widened to double for the fixed-order lane, block and
+// stage-2 sums, so only a lane's own (short, strided) run is in fp32 pairs.
+// That is as accurate as summing in twice fp32's precision, at ~7 fp32 flops a
+// product instead of 1/64-rate fp64 FMAs, and needs no change in the launch
+// shape (the bits stay fixed by n and d). Not implemented yet: the fp64 path
+// is the only one, and it is correct on every GPU, only slow on those.
 //
 // Stage 1: block (x, y) owns column chunks y, y + gridDim.y, ... of G and the
 // tile pairs of group x. A chunk of all n rows is staged in shared memory (in
-// the accumulation type, converted once), then each thread accumulates a 4 x 4
+// double, converted once), then each thread accumulates a 4 x 4
 // register tile of dot products for one pair of row tiles (I <= J) over a
 // strided subset of the chunk's columns. The lanes of a tile pair are summed
 // in a fixed order and the block writes its partials to the workspace.
@@ -22,15 +43,16 @@ namespace {
 
 constexpr int kTile = 4;            // a thread accumulates kTile x kTile dot products
 constexpr int kThreads = 256;       // most threads of a stage-1 block
-constexpr int kStageBytes = 16384;  // one staged chunk of G, in the accumulation type
+constexpr int kStageBytes = 16384;  // one staged chunk of G, in double
 // Column blocks: many, so that the last wave's tail is short on any GPU (the
 // count is fixed, not the SM count), but with partials kept under 2^24 elements.
 constexpr int kMaxColumnBlocks = 4096;
 constexpr int64_t kMaxWorkspace = int64_t(1) << 24;
 constexpr int kFinalWarps = 16;
 
-// Launch geometry. A function of (n, d, accumulation type) alone, never of the
-// device, so that the summation order and hence every bit of M are fixed.
+// Launch geometry. A function of (n, d) alone (the staged type is double for
+// every dtype), never of the device, so that the summation order and hence
+// every bit of M are fixed.
 struct GramShape {
   int n, tiles, pairs;
   int tpb;      // tile pairs per block (blockIdx.x selects a group of them)
@@ -76,8 +98,8 @@ __device__ __forceinline__ void tile_pair(int tp, int tiles, int& I, int& J) {
 
 template <typename T, bool kVector>
 __global__ void __launch_bounds__(kThreads)
-    gram_partial(const T* __restrict__ G, const GramShape s, acc_t<T>* __restrict__ ws) {
-  using A = acc_t<T>;
+    gram_partial(const T* __restrict__ G, const GramShape s, gram_t* __restrict__ ws) {
+  using A = gram_t;
   constexpr int VA = kVec<A>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   A* sm = reinterpret_cast<A*>(smem_raw);
@@ -100,15 +122,18 @@ __global__ void __launch_bounds__(kThreads)
       const int per_row = s.cols / VT;
       for (int v = tid; v < s.n * per_row; v += blockDim.x) {
         const int row = v / per_row, c = (v - row * per_row) * VT;
-        A x[VT] = {};
+        acc_t<T> x[VT] = {};
         if (col0 + c < s.d) load_global(G + row * s.d + col0 + c, x);  // d % VT == 0: all or none
-        store_vec(sm + row * s.ld + c, x);
+        A y[VT];
+#pragma unroll
+        for (int q = 0; q < VT; ++q) y[q] = A(x[q]);  // exact
+        store_vec(sm + row * s.ld + c, y);
       }
     } else {
       for (int e = tid; e < s.n * s.cols; e += blockDim.x) {
         const int row = e / s.cols, c = e - row * s.cols;
         const int64_t col = col0 + c;
-        sm[row * s.ld + c] = col < s.d ? to_acc(G[row * s.d + col]) : A(0);
+        sm[row * s.ld + c] = col < s.d ? A(to_acc(G[row * s.d + col])) : A(0);
       }
     }
     __syncthreads();
@@ -185,14 +210,13 @@ __global__ void __launch_bounds__(32 * kFinalWarps)
 template <typename T>
 size_t gram_workspace_elems(int64_t n, int64_t d) {
   if (n < 1 || n > kGramMaxN || d < 0) return 0;
-  const GramShape s = gram_shape<acc_t<T>>(n, d);
+  const GramShape s = gram_shape<gram_t>(n, d);
   return size_t(s.blocks) * s.pairs * kTile * kTile;
 }
 
 template <typename T>
-cudaError_t launch_gram(const T* G, int64_t n, int64_t d, acc_t<T>* workspace, acc_t<T>* M,
-                        cudaStream_t stream) {
-  using A = acc_t<T>;
+cudaError_t launch_gram(const T* G, int64_t n, int64_t d, gram_t* workspace, gram_t* M, cudaStream_t stream) {
+  using A = gram_t;
   if (n < 1 || n > kGramMaxN || d < 0) return cudaErrorInvalidValue;
   const GramShape s = gram_shape<A>(n, d);
   const dim3 grid(s.groups, s.blocks);
@@ -208,7 +232,7 @@ cudaError_t launch_gram(const T* G, int64_t n, int64_t d, acc_t<T>* workspace, a
 
 #define CAMEGRAD_GRAM(T)                                     \
   template size_t gram_workspace_elems<T>(int64_t, int64_t); \
-  template cudaError_t launch_gram<T>(const T*, int64_t, int64_t, acc_t<T>*, acc_t<T>*, cudaStream_t);
+  template cudaError_t launch_gram<T>(const T*, int64_t, int64_t, gram_t*, gram_t*, cudaStream_t);
 CAMEGRAD_GRAM(__half)
 CAMEGRAD_GRAM(__nv_bfloat16)
 CAMEGRAD_GRAM(float)

@@ -1,4 +1,4 @@
-// The solve (design note §3): solver.camegrad_coefficients in double, step for
+// The solve (docs/camegrad.md §3): solver.camegrad_coefficients in double, step for
 // step, by one thread block. Thread i owns task i, i.e. entry i of every
 // n-vector; vectors that all threads read (matvec operands, the sort) pass
 // through shared memory, and every reduction gives all threads the same bits,
@@ -131,7 +131,7 @@ struct Solver {
   // Mh_ij inv_i inv_j + ridge on the diagonal (inv_i = 1 / sqrt(max(Mh_ii,
   // PRECOND_FLOOR)): Mh has max diag 1, the floor keeps a zero gradient finite), with
   // right-hand sides (inv, bh inv), the solutions scaled back by inv, then the
-  // closed form of design note §2b. A zero or non-finite pivot invalidates the
+  // closed form of docs/camegrad.md §2b. A zero or non-finite pivot invalidates the
   // candidate (LAPACK's inf/NaN in solver.py).
   __device__ double face_solve(bool in_support, double bh, double sh) {
     int m;
