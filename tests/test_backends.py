@@ -32,6 +32,10 @@ def _step(g, backend, **kw):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 16, 40, 64])
 def test_step_matches_reference(backend, dtype, n):
+    if backend == "triton" and DEVICE == "cpu" and n >= 40 and dtype != torch.float32:
+        # The solve sees the same float64 Gram for every dtype; each dtype's Gram and
+        # combine run at n < 40. Under the interpreter each of these costs ~8 s.
+        pytest.skip("the Triton interpreter is slow: large n runs in float32 only")
     d = _d(backend, 1031 if n < 40 else 517)
     g = make_grads("conflicting" if n > 1 else "random", n, d, dtype, seed=n)
     w = torch.linspace(0.5, 2.0, n).tolist()
