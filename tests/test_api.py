@@ -91,6 +91,17 @@ def test_available_backends_in_priority_order():
     assert names[-1] == "reference"
     order = ["cuda", "triton", "cpu", "reference"]
     assert names == sorted(names, key=order.index)
+    # "cuda" only where torch sees a CUDA device, whether or not the extension is built.
+    assert ("cuda" in names) <= torch.cuda.is_available()
+
+
+def test_no_cuda_device_is_a_clear_reason(monkeypatch):
+    from camegrad_kernels.backends import triton as triton_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda" not in ck.available_backends()
+    reason = triton_backend.unavailable_reason(torch.device("cuda"), torch.float32)
+    assert reason is not None and ("CUDA device" in reason or "triton" in reason.lower())
 
 
 def test_inputs_untouched_and_out_written():

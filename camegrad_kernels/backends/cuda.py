@@ -30,6 +30,8 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"the CUDA extension camegrad_kernels._cuda is not built ({error})"
     if device.type != "cuda":
         return f"it runs CUDA tensors only, got a tensor on {device}"
+    if not torch.cuda.is_available():
+        return "torch sees no usable CUDA device (torch.cuda.is_available() is False)"
     if dtype not in _DTYPES:
         return f"it runs float16, bfloat16, float32 and float64 gradients, got {dtype}"
     return None

@@ -40,6 +40,8 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if error is not None:
         return error
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch sees no usable CUDA device (torch.cuda.is_available() is False)"
         return None
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":
