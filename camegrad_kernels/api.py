@@ -393,11 +393,13 @@ def _finish_step(
     """
     alpha, coeffs, gap, skipped = _solve(module, gram, solve_args, method, method_options)
     # "raise": one host read of the Gram's flags, the coefficients' flags and the bound.
-    check_update = nonfinite == "raise" and _raise_on_bad_solve(gram, coeffs, out.dtype)
+    check_update = nonfinite == "raise" and _raise_on_bad_solve(
+        gram, coeffs, out.dtype, _accumulate_dtype(grads.dtype)
+    )
     if grads.shape[1]:  # an empty column shard (camegrad_step_sharded) has nothing to combine
         module.combine(grads, coeffs, out, skipped if nonfinite == "skip" else None)
+    _written(out)  # before a raise below, so that a caller catching it sees out changed
     skipped = _guard_update(out, skipped, nonfinite, check_update, any_rank)
-    _written(out)
     if not return_info:
         return out
     return out, StepInfo(alpha, coeffs, gap, skipped, gram, task_cosines(gram), module.NAME)
@@ -441,7 +443,9 @@ def _update_bound(gram: Tensor, coeffs: Tensor) -> Tensor:
     return (coeffs.to(dtype).abs() * norms).sum()
 
 
-def _raise_on_bad_solve(gram: Tensor, coeffs: Tensor, out_dtype: torch.dtype) -> bool:
+def _raise_on_bad_solve(
+    gram: Tensor, coeffs: Tensor, out_dtype: torch.dtype, combine_dtype: torch.dtype
+) -> bool:
     """``nonfinite="raise"``: one host read (n x n + n + 1 numbers); whether to check the update.
 
     Raises ValueError naming the tasks when the Gram is not finite, or naming the
@@ -457,6 +461,7 @@ def _raise_on_bad_solve(gram: Tensor, coeffs: Tensor, out_dtype: torch.dtype) ->
         [
             torch.isfinite(gram).reshape(-1).to(dtype),
             torch.isfinite(coeffs).to(dtype),
+            coeffs.to(dtype).abs().max().reshape(1),
             _update_bound(gram, coeffs).reshape(1),
         ]
     ).cpu()
@@ -467,6 +472,12 @@ def _raise_on_bad_solve(gram: Tensor, coeffs: Tensor, out_dtype: torch.dtype) ->
         raise ValueError(
             f"coeffs: the coefficients of task(s) {bad} are not finite although the Gram matrix "
             f"is (the weights, kappa or rho are too large for the {coeffs.dtype} solve)"
+        )
+    largest = float(packed[-2])
+    if not largest < torch.finfo(combine_dtype).max:
+        raise ValueError(
+            f"coeffs: a coefficient of {largest:.4g} does not fit the {combine_dtype} combine "
+            f"(tasks whose gradient norms differ by more than the dtype's range)"
         )
     bound = float(packed[-1])
     return not bound < torch.finfo(out_dtype).max / 2
@@ -514,7 +525,7 @@ def _gram_tolerances(dtype: torch.dtype) -> tuple[float, float]:
     Symmetry: |M_ij - M_ji| <= 16 eps sqrt(M_ii M_jj); every Gram that this
     package forms is symmetric to the bit (one triangle, mirrored), and
     another G G^T by at most a few roundings.
-    Definiteness: min eig(M) >= -sqrt(eps) trace(M) (and, on the device,
+    Definiteness: min eig(D^-1/2 M D^-1/2) >= -sqrt(eps) n, D = diag M (and, on the device,
     |M_ij| <= sqrt(M_ii M_jj) (1 + sqrt(eps))). Rounding each entry of G G^T by a
     relative gamma of ||g_i|| ||g_j|| moves the eigenvalues by at most
     ||dM||_2 <= ||dM||_F <= gamma trace(M) (Weyl); gamma = sqrt(eps) bounds the
@@ -569,13 +580,17 @@ def _check_host_gram(gram: Tensor) -> None:
             f"gram: not symmetric: M[{i}, {j}] = {float(m[i, j]):.6g} but M[{j}, {i}] = "
             f"{float(m[j, i]):.6g} (tolerance 16 eps({gram.dtype}) sqrt(M_ii M_jj))"
         )
-    lowest = float(torch.linalg.eigvalsh((m + m.T) / 2).min())
-    trace = float(torch.diagonal(m).sum())
+    # In the Jacobi-scaled matrix (unit diagonal), so that a small task's block is
+    # judged on its own scale, not on the trace the largest task sets.
+    inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    scaled = m * inv[:, None] * inv[None, :]
+    lowest = float(torch.linalg.eigvalsh((scaled + scaled.T) / 2).min())
+    trace = float(torch.diagonal(scaled).sum())
     if lowest < -psd_tol * trace:
         raise ValueError(
-            f"gram: not positive semidefinite: smallest eigenvalue {lowest:.4g} < "
-            f"-sqrt(eps({gram.dtype})) * trace = {-psd_tol * trace:.4g} "
-            "(a Gram matrix G G^T has none below rounding)"
+            f"gram: not positive semidefinite: the smallest eigenvalue of D^-1/2 M D^-1/2 "
+            f"(D = diag M) is {lowest:.4g} < -sqrt(eps({gram.dtype})) * n = "
+            f"{-psd_tol * trace:.4g} (a Gram matrix G G^T has none below rounding)"
         )
 
 

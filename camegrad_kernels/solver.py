@@ -13,6 +13,8 @@ algorithm, described in :func:`solve_dual`, so all backends agree to rounding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -49,7 +51,9 @@ def smoothing(gram_dtype: torch.dtype, work: torch.dtype = torch.float64) -> flo
     short of the primal optimum by at most rho sqrt(gamma) (normalised), and the
     duality gap reports by how much it does.
     """
-    return max(SMOOTHING_DATA * torch.finfo(gram_dtype).eps, SMOOTHING_WORK * torch.finfo(work).eps)
+    # SMOOTHING_WORK is set for float64 work; float32 work (MPS) keeps the data's factor.
+    work_factor = SMOOTHING_WORK if work == torch.float64 else SMOOTHING_DATA
+    return max(SMOOTHING_DATA * torch.finfo(gram_dtype).eps, work_factor * torch.finfo(work).eps)
 
 
 def smoothed_gram(M: Tensor, gamma: float) -> Tensor:
@@ -168,14 +172,44 @@ def duality_gap(M: Tensor, b: Tensor, s: Tensor, alpha: Tensor, k: Tensor) -> Te
     feasible for Eq. 8, so by weak duality this bounds how far u falls short of
     the primal optimum whatever solver produced alpha, r* = 0 included.
     """
-    tiny = torch.finfo(M.dtype).tiny
+    finfo = torch.finfo(M.dtype)
     Ma = M @ alpha
     r = torch.sqrt((alpha @ Ma).clamp_min(0.0))
-    max_norm = torch.sqrt(torch.diagonal(M).max().clamp_min(0.0))
+    norms = torch.sqrt(torch.diagonal(M).clamp_min(0.0))
+    max_norm = norms.max()
     primal = (b + k * Ma).min()
-    dual = alpha @ b + s * r
+    # Every vertex e_i of the simplex is a dual point too: F(e_i) = b_i + s ||g_i||
+    # (0 for a zero gradient, which alpha itself never carries, see rectify).
+    dual = torch.minimum(alpha @ b + s * r, (b + s * norms).min())
     mu_norm = torch.sqrt((b.mean()).clamp_min(0.0))
-    return (dual - primal) / (mu_norm * max_norm).clamp_min(tiny)
+    # ||mu||^2 = mean(b) is known to ~eps max_i ||g_i||^2, so ||mu|| only down to
+    # sqrt(eps) max_i ||g_i||: the normaliser is floored there (mu = 0: no 1e292 gaps).
+    denom = torch.maximum(mu_norm, math.sqrt(finfo.eps) * max_norm) * max_norm
+    return (dual - primal) / denom.clamp_min(finfo.tiny)
+
+
+def rectify(M: Tensor, b: Tensor, s: Tensor, gamma: float, iters: int = DUAL_ITERS) -> tuple[Tensor, Tensor]:
+    """Stage 1 on the Gram: (alpha [n], k []) with a_u = a_mu + k alpha (docs/camegrad.md §4).
+
+    The dual is solved on the smoothed Gram (:func:`smoothed_gram`), b and s being
+    those of M. A zero gradient is a vertex with F = 0 that the smoothing cannot
+    lift (its extra coordinate is 0 too), so its row is replaced by a copy of the
+    largest task's for the solve (a duplicated row changes neither the primal nor
+    the dual) and its weight handed back to that task: alpha never sits on a zero
+    gradient, and the vertex bound of :func:`duality_gap` accounts for it.
+    """
+    n = M.shape[0]
+    diag = torch.diagonal(M)
+    zero = ~(diag > 0)
+    top = torch.argmax(diag)
+    idx = torch.where(zero, top, torch.arange(n, device=M.device))
+    Ms = smoothed_gram(M[idx][:, idx], gamma)
+    alpha = solve_dual(Ms, b[idx], s, iters)
+    k = rectify_scale(Ms, s, alpha)
+    moved = torch.where(zero, alpha, torch.zeros_like(alpha)).sum()
+    at_top = torch.arange(n, device=M.device) == top
+    alpha = torch.where(zero, torch.zeros_like(alpha), alpha) + torch.where(at_top, moved, 0.0)
+    return alpha, k
 
 
 def solve_dual(M: Tensor, b: Tensor, s: Tensor, iters: int = DUAL_ITERS) -> Tensor:
@@ -282,11 +316,7 @@ def camegrad_coefficients(
     nan = torch.full((), float("nan"), dtype=dtype, device=M.device)
 
     if stages & RECTIFY:
-        # The dual on the smoothed Gram at M's own precision (see smoothing()); b
-        # and s stay those of M (the extra coordinate of the rows is 0 in mu).
-        Ms = smoothed_gram(M, smoothing(out_dtype, dtype))
-        alpha = solve_dual(Ms, b, s)
-        k = rectify_scale(Ms, s, alpha)
+        alpha, k = rectify(M, b, s, smoothing(out_dtype, dtype))
         a_u = a_mu + k * alpha
         gap = duality_gap(M, b, s, alpha, k)
     else:

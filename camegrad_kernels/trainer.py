@@ -473,7 +473,9 @@ class CAMEGrad:
         )
         self._sync()
         t3 = time.perf_counter()
-        check = nonfinite == "raise" and api._raise_on_bad_solve(gram, co.coeffs, self.dtype)
+        check = nonfinite == "raise" and api._raise_on_bad_solve(
+            gram, co.coeffs, self.dtype, api._accumulate_dtype(self.dtype)
+        )
         api.combine(self.grads, co.coeffs, out=self.update, backend=self.backend)
         skipped = api._guard_update(self.update, co.skipped, nonfinite, check)
         self._sync()

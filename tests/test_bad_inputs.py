@@ -185,7 +185,10 @@ NOT_GRAMS = {
     "asymmetric": (torch.tensor([[1.0, 0.5], [0.2, 1.0]]), r"gram: not symmetric: M\[0, 1\]"),
     "indefinite": (  # positive diagonal, every 2x2 minor fine, not PSD
         torch.tensor([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]),
-        r"gram: not positive semidefinite: smallest eigenvalue -0.8",
+        (
+            r"gram: not positive semidefinite: the smallest eigenvalue of D\^-1/2 M D\^-1/2 "
+            r"\(D = diag M\) is -0.8"
+        ),
     ),
 }
 
@@ -455,3 +458,21 @@ def test_sharded_step_agrees_on_overflow_and_checks_out(tmp_path):
         if text
     )
     assert not failures, failures
+
+
+def test_indefinite_small_block_raises_on_the_host():
+    """PSD judged on the Jacobi-scaled matrix: a small task's block is not hidden by the trace."""
+    M = torch.tensor([[1.0, 0, 0], [0, 1e-10, 3e-10], [0, 3e-10, 1e-10]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="gram: not positive semidefinite"):
+        ck.camegrad_coefficients(M)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_coefficients_beyond_the_combine_dtype_raise(backend):
+    """Norms 1e40 apart in fp32: finite float64 coefficients that overflow the fp32 combine."""
+    G = torch.tensor([[1e-40, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float32)
+    with pytest.raises(ValueError, match="coeffs: a coefficient of .* does not fit the torch.float32"):
+        ck.camegrad_step(G, backend=backend)
+    # float64 has the range: the update is finite and right.
+    out = ck.camegrad_step(G.double(), backend=backend)
+    assert torch.allclose(out, torch.tensor([0.5367, 1.3733, 0.0], dtype=torch.float64), atol=1e-4)

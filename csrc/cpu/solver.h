@@ -272,14 +272,22 @@ CAMEGRAD_HD double duality_gap(const double* M, const double* b, double s, const
   const double r = quad_norm(M, alpha, Ma, n);
   const double max_norm = std::sqrt(clamp_min(diag_max(M, n), 0.0));
   double primal = b[0] + k * Ma[0], bsum = b[0];
+  // Every vertex e_i is a dual point too: F(e_i) = b_i + s ||g_i||.
+  double vertex = b[0] + s * std::sqrt(clamp_min(M[0], 0.0));
   for (int i = 1; i < n; ++i) {
     const double v = b[i] + k * Ma[i];
     if (v < primal || std::isnan(v)) primal = std::isnan(primal) ? primal : v;
+    const double f = b[i] + s * std::sqrt(clamp_min(M[(long)i * n + i], 0.0));
+    if (f < vertex || std::isnan(f)) vertex = std::isnan(vertex) ? vertex : f;
     bsum += b[i];
   }
-  const double dual = dot(alpha, b, n) + s * r;
+  const double f_alpha = dot(alpha, b, n) + s * r;
+  // torch.minimum: NaN if either is NaN.
+  const double dual = std::isnan(f_alpha) || std::isnan(vertex) ? NAN : std::fmin(f_alpha, vertex);
   const double mu_norm = std::sqrt(clamp_min(bsum / n, 0.0));
-  return (dual - primal) / clamp_min(mu_norm * max_norm, TINY);
+  // ||mu|| is known only down to sqrt(eps) max_i ||g_i||: the normaliser is floored there.
+  const double denom = std::fmax(mu_norm, std::sqrt(DBL_EPSILON) * max_norm) * max_norm;
+  return (dual - primal) / clamp_min(denom, TINY);
 }
 
 // alpha* = argmin over the simplex of alpha^T b + s sqrt(alpha^T M alpha); the
@@ -394,14 +402,30 @@ CAMEGRAD_HD void camegrad_coefficients(const double* M_in, const double* w, int 
 
   double gap_value = NAN;
   if (prm.stages & RECTIFY) {
-    // The dual on the smoothed Gram M + gamma n n^T (solver.smoothed_gram); b
-    // and s stay those of M.
+    // solver.rectify: the dual on the smoothed Gram M + gamma n n^T, b and s
+    // those of M, with each zero gradient's row replaced by the largest task's
+    // (its weight handed back to that task after the solve).
     const double gamma = smoothing(prm.gram_eps);
-    for (int i = 0; i < n; ++i) Ma[i] = std::sqrt(clamp_min(M[(long)i * n + i], 0.0));
+    int top = 0;  // the first index of the largest diagonal entry, as torch.argmax
+    for (int i = 1; i < n; ++i)
+      if (M[(long)i * n + i] > M[(long)top * n + top]) top = i;
+    auto idx = [&](int i) { return M[(long)i * n + i] > 0 ? i : top; };
+    for (int i = 0; i < n; ++i) {
+      Ma[i] = std::sqrt(clamp_min(M[(long)idx(i) * n + idx(i)], 0.0));
+      a_u[i] = b[idx(i)];  // a_u holds the remapped b until Stage 1 fills it
+    }
     for (int i = 0; i < n; ++i)
-      for (int j = 0; j < n; ++j) Ms[(long)i * n + j] = M[(long)i * n + j] + gamma * (Ma[i] * Ma[j]);
-    solve_dual(Ms, b, s, alpha, dual_work, n);
+      for (int j = 0; j < n; ++j)
+        Ms[(long)i * n + j] = M[(long)idx(i) * n + idx(j)] + gamma * (Ma[i] * Ma[j]);
+    solve_dual(Ms, a_u, s, alpha, dual_work, n);
     const double k = rectify_scale(Ms, s, alpha, Ma, n);
+    double moved = 0.0;
+    for (int i = 0; i < n; ++i)
+      if (!(M[(long)i * n + i] > 0)) {
+        moved += alpha[i];
+        alpha[i] = 0.0;
+      }
+    alpha[top] += moved;
     for (int i = 0; i < n; ++i) a_u[i] = a_mu + k * alpha[i];
     gap_value = duality_gap(M, b, s, alpha, k, Ma, n);
   } else {
