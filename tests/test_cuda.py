@@ -28,7 +28,8 @@ needs_gpu = pytest.mark.skipif(
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
-def test_cuda_sources_compile_for_sm86_and_sm90():
+def test_cuda_sources_compile_for_the_default_arch_list():
+    # check_cuda.sh reads the arch list from setup.py's CUDA_ARCH_LIST_DEFAULT.
     run = subprocess.run(
         ["bash", str(ROOT / ".ci" / "check_cuda.sh")],
         env={**os.environ, "NVCC": NVCC},
@@ -37,6 +38,7 @@ def test_cuda_sources_compile_for_sm86_and_sm90():
         text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "compiled for sm_80, sm_86, sm_90, compute_90 PTX, no warnings" in run.stdout, run.stdout
 
 
 def test_unavailable_off_cuda():
@@ -48,6 +50,23 @@ def cuda_ops():
     # With a GPU, a missing extension is a build failure, not a skip.
     assert ops.HAS_CUDA_OPS, f"camegrad_kernels._cuda did not load: {ops.LOAD_ERRORS}"
     assert cuda_backend.unavailable_reason(torch.device("cuda"), torch.float32) is None
+
+
+def require_backend(name: str) -> None:
+    """With a GPU, a GPU backend that cannot run is a failure: cuda not built, or
+    triton installed but unable to run (a skip only when triton is not installed)."""
+    if name == "cuda":
+        assert ops.HAS_CUDA_OPS, f"camegrad_kernels._cuda did not load: {ops.LOAD_ERRORS}"
+        assert cuda_backend.unavailable_reason(torch.device("cuda"), torch.float32) is None
+        return
+    pytest.importorskip("triton", reason="triton is not importable")
+    from camegrad_kernels.backends import triton as triton_backend
+
+    reason = triton_backend.unavailable_reason(torch.device("cuda"), torch.float32)
+    assert reason is None, reason
+
+
+GPU_BACKENDS = ("cuda", "triton")
 
 
 def grads(n: int, d: int, dtype: torch.dtype, kind: str = "random", seed: int = 0) -> torch.Tensor:
@@ -202,20 +221,51 @@ def _capture(fn):
 
 
 @needs_gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("n", (8, 64))  # 64 tasks: the solver's shared memory opt-in during capture
-def test_step_cuda_graph_replay_equals_eager(cuda_ops, n):
+def test_step_cuda_graph_replay_equals_eager(backend, n):
+    # A whole camegrad_step captured (after a warm-up: Triton compiles and autotunes
+    # there), replayed on new data in the same input buffer: the eager step's bits.
+    require_backend(backend)
     static = grads(n, 100_003, torch.float32)
     graph, out = _capture(
-        lambda: camegrad_kernels.camegrad_step(static, nonfinite="skip", backend="cuda")
+        lambda: camegrad_kernels.camegrad_step(static, nonfinite="skip", backend=backend)
     )
     for seed in (1, 2):
         static.copy_(grads(n, 100_003, torch.float32, "conflicting", seed))
         graph.replay()
-        eager = camegrad_kernels.camegrad_step(static, nonfinite="skip", backend="cuda")
+        eager = camegrad_kernels.camegrad_step(static, nonfinite="skip", backend=backend)
         assert torch.equal(out, eager)
     static[1, 7] = float("inf")
     graph.replay()
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_step_cuda_graph_with_out_and_info(backend):
+    # The training-loop form: bf16 gradients, a preallocated out (a flat .grad)
+    # and the info tensors, all written by the replay of the captured step.
+    require_backend(backend)
+    n, d = 5, 65_537
+    static = grads(n, d, torch.bfloat16)
+    out = torch.empty(d, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        return camegrad_kernels.camegrad_step(
+            static, out=out, nonfinite="skip", backend=backend, return_info=True
+        )
+
+    graph, (captured, info) = _capture(step)
+    assert captured.data_ptr() == out.data_ptr()
+    static.copy_(grads(n, d, torch.bfloat16, "conflicting", 3))
+    graph.replay()
+    replayed = out.clone()
+    alpha, coeffs = info.alpha.clone(), info.coeffs.clone()
+    eager, eager_info = step()
+    assert torch.equal(replayed, eager)
+    assert torch.equal(coeffs, eager_info.coeffs) and torch.equal(alpha, eager_info.alpha)
+    assert not bool(info.skipped)
 
 
 @needs_gpu
@@ -233,23 +283,83 @@ def test_fused_step_op_cuda_graph(cuda_ops):
 
 @needs_gpu
 def test_step_d_1e8_float32(cuda_ops):
-    n, d = 2, 100_000_000
-    need = 8 * 2**30  # G, the update and float64 temporaries of the checks
+    # d = 1e8, n = 4 (1.6 GB of fp32 gradients): the Gram against float64, the
+    # step against the float64 reference, and the memory the step takes beyond
+    # its input and output (the Gram's partials, small n-sized tensors).
+    n, d = 4, 100_000_000
+    need = 24 * 2**30  # G, its float64 copy and the reference's float64 d-vectors
     if torch.cuda.mem_get_info()[0] < need:
         pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
-    G = torch.randn(n, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    G = torch.randn(n, d, device="cuda", generator=gen)
+    G.mul_(torch.tensor([0.5, 1.0, 2.0, 4.0], device="cuda")[:, None] / d**0.5)
+    G.add_(torch.randn(d, device="cuda", generator=gen), alpha=0.5 / d**0.5)
+    G[0].mul_(-1.0)  # a task against the shared direction: Stage 1 has work to do
     M = cuda_backend.gram(G)
-    ref = torch.stack(
-        [torch.stack([G[i].double().dot(G[j].double()) for j in range(n)]) for i in range(n)]
-    )
     assert M.dtype == torch.float64
-    assert float(((M - ref).abs() / ref.diagonal().max()).max()) <= 1e-12
-    update = camegrad_kernels.camegrad_step(G, backend="cuda")
-    _, coeffs, _, _ = cuda_backend.coefficients(
-        M, torch.ones(n, device="cuda"), 0.5, 1.5, 0.2, 1e-8, solver.ALL_STAGES
-    )
-    expected = coeffs[0].double() * G[0].double() + coeffs[1].double() * G[1].double()
-    assert float((update.double() - expected).abs().max() / expected.abs().max()) <= 1e-6
+    assert gram_error(M, G) <= 1e-12
+    w = torch.ones(n, device="cuda")
+    _, coeffs, _, skipped = cuda_backend.coefficients(M, w, 0.5, 1.5, 0.2, 1e-8, solver.ALL_STAGES)
+    assert not bool(skipped)
+
+    out = torch.empty(d, device="cuda")
+    for nonfinite, budget in (("raise", 0), ("skip", d)):  # skip: one bool d-vector
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        update = camegrad_kernels.camegrad_step(G, backend="cuda", out=out, nonfinite=nonfinite)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        assert update.data_ptr() == out.data_ptr()
+        assert extra <= budget + 32 * 2**20, (
+            f"{nonfinite}: {extra / 2**20:.1f} MiB beyond G and out"
+        )
+
+    expected = torch.zeros(d, device="cuda", dtype=torch.float64)
+    for i in range(n):
+        expected.add_(G[i].double(), alpha=float(coeffs[i]))
+    assert float((out.double() - expected).norm() / expected.norm()) <= 1e-6
+    truth = reference.camegrad_step(G)  # camegrad_kernels.reference, float64 throughout
+    assert float((out.double() - truth).norm() / truth.norm()) <= 1e-4  # fp32 UPDATE_TOL
+    ref = camegrad_kernels.camegrad_step(G, backend="reference")
+    assert float((out.double() - ref.double()).norm() / truth.norm()) <= 2e-4
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("n, dtype", [(4, torch.float32), (40, torch.bfloat16)])
+@pytest.mark.parametrize("weights", ("ones", "list"))
+def test_step_skip_never_syncs_the_host(backend, n, dtype, weights):
+    # nonfinite="skip" promises no host sync: torch raises on any synchronising
+    # call (a device-to-host read, a stream sync, a blocking copy) under "error".
+    require_backend(backend)
+    d = 100_003
+    G = grads(n, d, dtype, "conflicting", seed=n)
+    out = torch.empty(d, device="cuda", dtype=dtype)
+    w = None if weights == "ones" else torch.linspace(0.5, 2.0, n).tolist()
+
+    def step():
+        return camegrad_kernels.camegrad_step(
+            G, w, out=out, backend=backend, nonfinite="skip", return_info=True
+        )
+
+    step()  # warm-up: module loads, Triton compiles and autotunes (those may sync)
+    expected = step()[0].clone()
+    torch.cuda.synchronize()
+    results = []
+    for poison in (False, True):
+        if poison:
+            G[n - 1, d // 2] = float("nan")
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            result, info = step()
+            results.append((result.clone(), info.skipped.clone(), info.gram.clone()))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    (clean, clean_skipped, gram), (poisoned, poisoned_skipped, _) = results
+    assert torch.equal(clean, expected) and not bool(clean_skipped)
+    assert gram.dtype == torch.float64 and bool(torch.isfinite(gram).all())
+    assert bool(poisoned_skipped) and torch.equal(poisoned, torch.zeros_like(poisoned))
 
 
 @needs_gpu

@@ -19,6 +19,12 @@ from camegrad_kernels import methods, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"  # Triton runs under its (slow) interpreter there
+
+
+def on(backend: str) -> str:
+    """The device a backend's tensors live on here: the C++ cpu backend runs CPU tensors."""
+    return "cpu" if backend == "cpu" else DEVICE
+
 BACKENDS = ck.available_backends()
 RATIOS = [1.0, 1e2, 1e4, 1e6, 1e7]
 # The issue's bound on the update vs the float64 answer on the same rounded input.
@@ -49,7 +55,7 @@ SWEEP = [(b, *case) for b in BACKENDS for case in _cases(b)]
 @pytest.mark.parametrize("backend,n,d,ratio", SWEEP)
 def test_camegrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
     g = spread_grads(n, d, ratio, dtype, seed=n)
-    out = ck.camegrad_step(g.to(DEVICE), backend=backend)
+    out = ck.camegrad_step(g.to(on(backend)), backend=backend)
     expected = reference.camegrad_step(g.double())
     assert rel_err(out.cpu(), expected) < TOL[dtype]
 
@@ -58,7 +64,7 @@ def test_camegrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
 @pytest.mark.parametrize("backend,n,d,ratio", SWEEP)
 def test_cagrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
     g = spread_grads(n, d, ratio, dtype, seed=n + 100)
-    out = ck.camegrad_step(g.to(DEVICE), backend=backend, method="cagrad")
+    out = ck.camegrad_step(g.to(on(backend)), backend=backend, method="cagrad")
     g64 = g.double()
     _, coeffs, _, _ = methods.cagrad_coefficients(g64 @ g64.T, torch.ones(n, dtype=torch.float64), 0.5)
     assert rel_err(out.cpu(), coeffs @ g64) < TOL[dtype]
@@ -68,7 +74,7 @@ def test_cagrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_the_issue_example(backend, dtype):
     """Two tasks 333x apart: fp32 used to drop rectification and return [1.5, 0.0045]."""
-    g = torch.tensor([[1.0, 0.0], [0.0, 3e-3]], dtype=dtype, device=DEVICE)
+    g = torch.tensor([[1.0, 0.0], [0.0, 3e-3]], dtype=dtype, device=on(backend))
     out = ck.camegrad_step(g, backend=backend)
     expected = torch.tensor([1.3720269543833, 0.5401319701453], dtype=torch.float64)
     assert rel_err(out.cpu(), expected) < 1e-6
@@ -106,7 +112,7 @@ def test_degenerate_dual_reaches_the_primal_optimum(backend, kind, method):
     """r* = 0: Eq. 10 has no answer; the smoothed dual still gives a primal-optimal u."""
     rho = 0.5
     g = degenerate_grads(kind, 24, seed=len(kind))
-    M = ck.gram(g.to(DEVICE), backend=backend)
+    M = ck.gram(g.to(on(backend)), backend=backend)
     # Stage 1 alone: coeffs = a_u (CAGrad with rescale 0 is the same u).
     options = {"rescale": 0} if method == "cagrad" else None
     stages = ("rectify",) if method == "camegrad" else ck.api.DEFAULT_STAGES
@@ -139,7 +145,7 @@ def rank_deficient_grams(count: int):
 def test_rank_deficient_reaches_the_primal_optimum(backend):
     """n > d and collinear: the direction reaches Eq. 8's optimum and the gap says so."""
     for name, g in rank_deficient_grams(96):
-        M = ck.gram(g.to(DEVICE), backend=backend)
+        M = ck.gram(g.to(on(backend)), backend=backend)
         c = ck.camegrad_coefficients(M, stages=("rectify",), backend=backend)
         shortfall = primal_shortfall(M.cpu(), c.coeffs.cpu(), 0.5)
         gap = float(c.duality_gap)
@@ -156,7 +162,7 @@ def test_zero_gradient_rows_reach_the_primal_optimum(backend):
         spread = torch.logspace(0, -(seed % 5), n, dtype=torch.float64)[:, None]
         g = torch.randn(n, d, generator=gen, dtype=torch.float64) * spread
         g[seed % n] = 0
-        M = ck.gram(g.to(DEVICE), backend=backend)
+        M = ck.gram(g.to(on(backend)), backend=backend)
         c = ck.camegrad_coefficients(M, stages=("rectify",), backend=backend)
         shortfall = primal_shortfall(M.cpu(), c.coeffs.cpu(), 0.5)
         gap = float(c.duality_gap)
@@ -170,6 +176,6 @@ def test_gap_is_rounding_level_when_the_mean_is_zero(backend):
         gen = torch.Generator().manual_seed(seed)
         rows = torch.randn(2, 9, generator=gen, dtype=torch.float64)
         g = torch.cat([rows, -rows.sum(0, keepdim=True)])
-        c = ck.camegrad_coefficients(ck.gram(g.to(DEVICE), backend=backend), backend=backend)
+        c = ck.camegrad_coefficients(ck.gram(g.to(on(backend)), backend=backend), backend=backend)
         # mu is rounding noise here: the gap is at that level (it was ~1e292).
         assert -1e-12 <= float(c.duality_gap) <= 1e-6, seed
