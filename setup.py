@@ -7,7 +7,9 @@ why torch is neither a build nor an install requirement here.
 Environment knobs:
     FORCE_CUDA=1                  build camegrad_kernels._cuda even without a CUDA torch/nvcc
     CAMEGRAD_SKIP_CUDA_BUILD=1    never build camegrad_kernels._cuda
-    TORCH_CUDA_ARCH_LIST          CUDA architectures (default "8.0;8.6;9.0")
+    TORCH_CUDA_ARCH_LIST          CUDA architectures (default CUDA_ARCH_LIST_DEFAULT below:
+                                  cubins for sm_80/sm_86/sm_90, plus compute_90 PTX that the
+                                  driver JIT-compiles on newer GPUs, e.g. sm_100/sm_120)
     MAX_JOBS                      parallel compile jobs (read by torch's ninja build)
 """
 
@@ -20,6 +22,10 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# The default TORCH_CUDA_ARCH_LIST, and the one source of it: .ci/check_cuda.sh and
+# .ci/check_cuda_build.sh read this line (keep it a one-line string literal).
+CUDA_ARCH_LIST_DEFAULT = "8.0;8.6;9.0+PTX"
 
 
 def _env_flag(name: str) -> bool:
@@ -46,7 +52,7 @@ cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 cuda_binding = os.path.join(ROOT, "csrc", "cuda", "binding.cpp")
 want_cuda = _env_flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
 if want_cuda and not _env_flag("CAMEGRAD_SKIP_CUDA_BUILD") and cuda_sources:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", CUDA_ARCH_LIST_DEFAULT)
     ext_modules.append(
         CUDAExtension(
             "camegrad_kernels._cuda",
