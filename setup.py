@@ -70,7 +70,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy"],
     extras_require={
-        "triton": ["triton"],
+        "triton": ["triton>=3.6,<3.10"],  # checked: 3.6.0-3.9.0 (.ci/check_triton_aot.py)
         "test": ["pytest", "scipy", "numpy", "matplotlib", "tqdm", "torchjd[full]==0.18.0"],
         "examples": ["matplotlib", "tqdm"],
         "bench": ["matplotlib", "pytest-benchmark", "scipy"],

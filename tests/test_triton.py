@@ -55,7 +55,11 @@ def _assert_coeffs_close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> 
 
 
 def test_unavailable_reason(monkeypatch):
-    assert backend.unavailable_reason(torch.device("cuda"), torch.bfloat16) is None
+    cuda_reason = backend.unavailable_reason(torch.device("cuda"), torch.bfloat16)
+    if torch.cuda.is_available():
+        assert cuda_reason is None
+    else:
+        assert "no usable CUDA device" in cuda_reason
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backend.unavailable_reason(torch.device("cpu"), torch.float32) is None
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -202,6 +206,18 @@ def test_bitwise_deterministic():
         backend.combine(g, first[1], torch.empty(4099, device=DEVICE), first[3]) for _ in range(2)
     ]
     assert torch.equal(outs[0], outs[1])
+
+
+def test_solve_above_64_falls_back_to_torch():
+    # 64 < n <= 128: the Gram stays a Triton kernel, the solves take the torch
+    # path (solve.SOLVE_MAX_N: their [128, 128] register tiles spilled ~30 KB/thread).
+    n = 65
+    gram, w = reference.gram(_grads(n, 32, torch.float64)), _weights(n, torch.float64)
+    (_, coeffs, _, _), (_, r_coeffs, _, _) = _both(gram, w)
+    assert torch.equal(coeffs, r_coeffs)
+    order = methods.pcgrad_order(n, seed=0).to(DEVICE)
+    got = backend.pcgrad_coefficients(gram, w, order, "mean")
+    assert torch.equal(got[1], methods.pcgrad_coefficients(gram, w, order, "mean")[1])
 
 
 def test_large_n_falls_back_to_torch():

@@ -6,6 +6,13 @@ imports it lazily for that reason (and so ``import camegrad_kernels`` never need
 triton).
 """
 
+import triton as _triton
+
+if _triton.knobs.runtime.interpret:
+    from . import interpreter_compat as _interpreter_compat
+
+    _interpreter_compat.patch()  # triton 3.6 + numpy >= 2.4 (see the module)
+
 from .combine import combine
 from .gram import gram
 from .methods import mgda_coefficients, pcgrad_coefficients

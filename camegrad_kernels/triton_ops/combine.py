@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .options import FP_FUSION
+
 if triton.knobs.runtime.interpret:
     # Autotuning under the interpreter only burns time: one config, big tiles.
     _CONFIGS = [triton.Config({"BLOCK": 4096})]
@@ -67,5 +69,6 @@ def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> 
         NPAD=max(16, triton.next_power_of_2(n)),
         ACC=tl.float64 if grads.dtype == torch.float64 else tl.float32,
         HAS_SKIP=skip is not None,
+        enable_fp_fusion=FP_FUSION,
     )
     return out

@@ -24,9 +24,11 @@ from torch import Tensor
 
 from ..backends.reference import gram as _torch_gram
 from ..backends.reference import gram_dtype
+from .options import FP_FUSION
 
 # The register tiles are [NPAD, NPAD] and [NPAD, BLOCK_D]: beyond this n the
-# kernel would spill, and the torch fallback is the better choice.
+# kernel would spill (it fits at NPAD = 128 only with 8 warps, _configs_that_fit),
+# and the torch fallback is the better choice.
 MAX_N = 128
 # Columns per program are a multiple of GRAIN, so every BLOCK_D divides them.
 GRAIN = 512
@@ -45,7 +47,9 @@ def block_d(npad: int) -> int:
     hence the bits, never depends on what the autotuner picked in this process."""
     if triton.knobs.runtime.interpret:
         return GRAIN  # fewest interpreted steps
-    return max(32, 4096 // npad)  # an [NPAD, BLOCK_D] fp64 tile of 32 KiB
+    # An [NPAD, BLOCK_D] fp64 tile of 16 KiB: 32 KiB ones spilled (8-150 B a
+    # thread) with triton 3.6/3.7 in some configs (.ci/check_triton_aot.py).
+    return max(16, 2048 // npad)
 
 
 # Autotuning under the interpreter only burns time: one config there.
@@ -54,7 +58,20 @@ if not triton.knobs.runtime.interpret:
     _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
-@triton.autotune(configs=_CONFIGS, key=["NPAD"])
+def _configs_that_fit(configs, named_args, **kwargs):
+    """At NPAD = 128 the [128, 128] fp64 accumulator (64 KiB) fits in registers only
+    with 8 warps (128 values a thread at 4 warps spilled up to ~9 KB a thread), and
+    with 2 pipeline stages (3 and 4 stages spilled up to 144 B on sm_80/sm_90);
+    .ci/check_triton_aot.py measures it. Smaller NPAD: every config fits."""
+    npad = kwargs.get("NPAD", named_args.get("NPAD"))
+    if npad is not None and npad >= 128:
+        return [c for c in configs if c.num_warps == 8 and c.num_stages == 2] or configs
+    return configs
+
+
+@triton.autotune(
+    configs=_CONFIGS, key=["NPAD"], prune_configs_by={"early_config_prune": _configs_that_fit}
+)
 @triton.jit
 def _gram_partial_kernel(
     g_ptr, ws_ptr, n, d, chunk, NPAD: tl.constexpr, BLOCK_D: tl.constexpr, LOW: tl.constexpr
@@ -77,6 +94,13 @@ def _gram_partial_kernel(
         if LOW:
             x = x.to(tl.float32)
         x = x.to(tl.float64)
+        if g_ptr.dtype.element_ty.primitive_bitwidth == 16:
+            # A sum over a unit axis (x itself; -0 becomes +0, which no product
+            # sum sees): it keeps the compiler from moving the change to the dot's
+            # operand layout above the conversions, which triton 3.6 and 3.7.1 then
+            # fail to compile on sm_80/sm_90 ("fp64 don't support largeK MMA": an
+            # operand layout picked for the 16-bit load). .ci/check_triton_aot.py.
+            x = tl.sum(tl.reshape(x, (NPAD, BLOCK_D, 1)), axis=2)
         acc = tl.dot(x, tl.trans(x), acc, input_precision="ieee", out_dtype=tl.float64)
     ij = rows[:, None] * n + rows[None, :]
     tl.store(ws_ptr + pid * n * n + ij, acc, mask=row_ok[:, None] & row_ok[None, :])
@@ -119,8 +143,17 @@ def gram(grads: Tensor) -> Tensor:
         NPAD=npad,
         BLOCK_D=block_d(npad),
         LOW=grads.dtype != torch.float64,
+        enable_fp_fusion=FP_FUSION,
     )
     M = torch.empty((n, n), dtype=acc, device=grads.device)
     grid = (triton.cdiv(n * n, REDUCE_BLOCK_E),)
-    _gram_reduce_kernel[grid](ws, M, n, programs, BLOCK_P=REDUCE_BLOCK_P, BLOCK_E=REDUCE_BLOCK_E)
+    _gram_reduce_kernel[grid](
+        ws,
+        M,
+        n,
+        programs,
+        BLOCK_P=REDUCE_BLOCK_P,
+        BLOCK_E=REDUCE_BLOCK_E,
+        enable_fp_fusion=FP_FUSION,
+    )
     return M

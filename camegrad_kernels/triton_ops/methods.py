@@ -24,11 +24,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import methods, solver
-from .gram import MAX_N
-from .solve import INF, KEEP_NAN, NAN, TINY, _diag_max, _solve_dual
+from .options import FP_FUSION
+from .solve import INF, KEEP_NAN, NAN, SOLVE_MAX_N, TINY, _diag_max, _solve_dual, solve_warps
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
 def _mgda_kernel(
     m_ptr,
     w_ptr,
@@ -87,7 +87,7 @@ def _mgda_kernel(
     tl.store(skipped_ptr, skipped.to(tl.uint8))
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
 def _pcgrad_kernel(
     m_ptr,
     w_ptr,
@@ -160,8 +160,8 @@ def mgda_coefficients(
     if normalization not in ("none", "l2"):
         raise ValueError(f"normalization: expected 'none' or 'l2', got {normalization!r}")
     n = gram.shape[0]
-    if n > MAX_N:
-        # The register tiles would spill; the torch code is the same algorithm.
+    if n > SOLVE_MAX_N:
+        # The register tiles would spill (solve.SOLVE_MAX_N); the torch code is the same algorithm.
         return methods.mgda_coefficients(gram, weights, normalization)
     npad = max(16, triton.next_power_of_2(n))
     alpha, coeffs, gap, skipped = _outputs(gram)
@@ -178,7 +178,8 @@ def mgda_coefficients(
         ITERS=solver.DUAL_ITERS,
         POLISH=solver.POLISH_EVERY,
         # The dual solve holds as many [NPAD, NPAD] tiles as solve.py's kernel.
-        num_warps=max(4, npad // 4),
+        num_warps=solve_warps(npad),
+        enable_fp_fusion=FP_FUSION,
     )
     return alpha, coeffs, gap, skipped.view(torch.bool)
 
@@ -196,7 +197,7 @@ def pcgrad_coefficients(
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
     n = gram.shape[0]
-    if n > MAX_N:
+    if n > SOLVE_MAX_N:
         return methods.pcgrad_coefficients(gram, weights, order, reduction)
     if order.shape != (n, n) or order.dtype != torch.int64:
         raise ValueError(f"order: expected [{n}, {n}] int64, got {list(order.shape)} {order.dtype}")
@@ -215,5 +216,6 @@ def pcgrad_coefficients(
         MEAN=reduction == "mean",
         # Three [NPAD, NPAD] float64 tiles (A, the gathered column, a temporary).
         num_warps=max(4, npad // 8),
+        enable_fp_fusion=FP_FUSION,
     )
     return alpha, coeffs, gap, skipped.view(torch.bool)

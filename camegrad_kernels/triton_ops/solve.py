@@ -28,12 +28,29 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import methods, solver
-from .gram import MAX_N
+from .options import FP_FUSION
+
+# The one-program solves (this module and methods.py) hold [NPAD, NPAD] float64
+# tiles in registers, and Triton's layouts replicate each row vector over the 32
+# lanes of a warp. Measured by .ci/check_triton_aot.py (sm_80/86/90, triton
+# 3.6-3.9): no spill up to NPAD = 32; at NPAD = 64 (16 warps, 128 registers a
+# thread) the dual solves (this kernel, MGDA) spill ~0.7-1.4 KB a thread, within
+# that check's 2 KiB budget (PCGrad: none). At NPAD = 128 they spilled ~30 KB a
+# thread, so n > 64 takes the torch solver (the same algorithm, on the device,
+# no host sync), as the CUDA solve does above its kSolveMaxN = 64.
+SOLVE_MAX_N = 64
+
+
+def solve_warps(npad: int) -> int:
+    """Warps of a solve with [NPAD, NPAD] tiles: 4, 8 and 16 for NPAD 16, 32 and 64."""
+    return max(4, npad // 4)
+
 
 # Globals read inside kernels must be constexpr. The work dtype is float64.
 POWER_ITERS = tl.constexpr(16)  # solver._power_lambda_max's default
 TINY = tl.constexpr(torch.finfo(torch.float64).tiny)
 EPS = tl.constexpr(torch.finfo(torch.float64).eps)
+SQRT_EPS = tl.constexpr(math.sqrt(torch.finfo(torch.float64).eps))
 PRECOND_FLOOR = tl.constexpr(solver.PRECOND_FLOOR)
 INF = tl.constexpr(math.inf)
 NAN = tl.constexpr(math.nan)
@@ -187,15 +204,23 @@ def _rectify_scale(Ms, s, alpha):
 
 
 @triton.jit
-def _duality_gap(M, b, s, alpha, valid, diag_max, nf, k):
-    """solver.duality_gap of alpha and a_u = a_mu + k alpha, normalised by ||mu|| max_i ||g_i||."""
+def _duality_gap(M, b, s, alpha, valid, diag, nf, k):
+    """solver.duality_gap of alpha and a_u = a_mu + k alpha, normalised by ||mu|| max_i ||g_i||.
+
+    diag: M's diagonal (any value on padding, masked here).
+    """
     Ma = tl.sum(M * alpha[None, :], axis=1)
     r = tl.sqrt(tl.maximum(tl.sum(alpha * Ma, axis=0), 0.0, KEEP_NAN))
-    max_norm = tl.sqrt(tl.maximum(diag_max, 0.0, KEEP_NAN))
+    norms = tl.sqrt(tl.maximum(diag, 0.0, KEEP_NAN))
+    max_norm = tl.max(tl.where(valid, norms, -INF), axis=0)
     primal = tl.min(tl.where(valid, b + k * Ma, INF), axis=0)
-    dual = tl.sum(alpha * b, axis=0) + s * r
+    # Every vertex e_i of the simplex is a dual point too: F(e_i) = b_i + s ||g_i||.
+    vertex = tl.min(tl.where(valid, b + s * norms, INF), axis=0)
+    dual = tl.minimum(tl.sum(alpha * b, axis=0) + s * r, vertex, KEEP_NAN)
     mu_norm = tl.sqrt(tl.maximum(tl.sum(b, axis=0) / nf, 0.0, KEEP_NAN))
-    return (dual - primal) / tl.maximum(mu_norm * max_norm, TINY, KEEP_NAN)
+    # ||mu|| is known only down to sqrt(eps) max_i ||g_i||: the normaliser is floored there.
+    denom = tl.maximum(mu_norm, SQRT_EPS * max_norm, KEEP_NAN) * max_norm
+    return (dual - primal) / tl.maximum(denom, TINY, KEEP_NAN)
 
 
 @triton.jit
@@ -261,17 +286,53 @@ def _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: 
         grad = bh + sh * Ma / r
         z, alpha, Ma, r, grad, eta = _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, wd, valid)
     polished = _face_solve(Mh, bh, sh, z > 0, valid, rows, cols, n, nf)
-    mh_diag_max = _diag_max(Mh, valid, rows, cols)
     k_p = _rectify_scale(Mh, sh, polished)
     k_a = _rectify_scale(Mh, sh, alpha)
-    gap_p = _duality_gap(Mh, bh, sh, polished, valid, mh_diag_max, nf, k_p)
-    gap_a = _duality_gap(Mh, bh, sh, alpha, valid, mh_diag_max, nf, k_a)
+    gap_p = _duality_gap(Mh, bh, sh, polished, valid, mh_diag, nf, k_p)
+    gap_a = _duality_gap(Mh, bh, sh, alpha, valid, mh_diag, nf, k_a)
     best = tl.where(gap_p < gap_a, polished, alpha)
     # Long steps leave 1^T alpha off by ~|alpha - eta grad| eps: back onto the simplex.
     return best / tl.maximum(tl.sum(best, axis=0), TINY, KEEP_NAN)
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit
+def _load_gram(m_ptr, w, rows, cols, n, both, CAGRAD: tl.constexpr, RELOAD: tl.constexpr):
+    """M (M w w^T for CAGRAD) in float64, zeros past n, and whether it has a non-finite entry.
+
+    RELOAD: a volatile load, so that the compiler cannot merge it with the first
+    one and keep that tile live (in registers, or spilled) across the solve. It
+    reads the same entries and repeats the same operations: the same bits.
+    """
+    ptrs = m_ptr + rows[:, None] * n + cols[None, :]
+    if RELOAD:
+        M = tl.load(ptrs, mask=both, other=0.0, volatile=True).to(tl.float64)
+    else:
+        M = tl.load(ptrs, mask=both, other=0.0).to(tl.float64)
+    if CAGRAD:
+        M = M * w[:, None] * w[None, :]
+    non_finite = both & ~(tl.abs(M) < INF)  # NaN fails the test too
+    skipped = tl.sum(tl.sum(non_finite.to(tl.int32), axis=1), axis=0) > 0
+    return tl.where(skipped, 0.0, M), skipped
+
+
+@triton.jit
+def _rectified_gram(M, zero, top, rows, cols, gamma):
+    """solver.rectify's smoothed_gram(M[idx][:, idx], gamma), idx_i = top where zero_i, else i.
+
+    Gather free: the row and the column of top are masked sums of one entry and
+    zeros (exact). zero must be False on padding, which then stays 0.
+    """
+    m_row = tl.sum(tl.where(rows[:, None] == top, M, 0.0), axis=0)
+    M1 = tl.where(zero[:, None], m_row[None, :], M)
+    m_col = tl.sum(tl.where(cols[None, :] == top, M1, 0.0), axis=1)
+    Mr = tl.where(zero[None, :], m_col[:, None], M1)
+    nrm = tl.sqrt(
+        tl.maximum(tl.sum(tl.where(rows[:, None] == cols[None, :], Mr, 0.0), axis=1), 0.0, KEEP_NAN)
+    )
+    return Mr + gamma * (nrm[:, None] * nrm[None, :])
+
+
+@triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
 def _coefficients_kernel(
     m_ptr,
     w_ptr,
@@ -294,36 +355,46 @@ def _coefficients_kernel(
     ITERS: tl.constexpr,
     POLISH: tl.constexpr,
 ):
-    """solver.camegrad_coefficients, or methods.cagrad_coefficients when CAGRAD is set."""
+    """solver.camegrad_coefficients, or methods.cagrad_coefficients when CAGRAD is set.
+
+    Registers: M and the smoothed Gram are not kept across the dual solve but
+    loaded (and formed) again after it (_load_gram's RELOAD), so that the solve
+    holds only its own tiles (see SOLVE_MAX_N for what spills).
+    """
     rows = tl.arange(0, NPAD)
     cols = rows
     valid = rows < n
     both = valid[:, None] & valid[None, :]
     nf = n.to(tl.float64)
-    M = tl.load(m_ptr + rows[:, None] * n + cols[None, :], mask=both, other=0.0).to(tl.float64)
     w = tl.load(w_ptr + rows, mask=valid, other=0.0).to(tl.float64)
     if CAGRAD:
         # CAGrad acts on h_i = w_i g_i; the solve below then uses all-ones weights,
         # which only the RESCALE and FUSE stages (off here) would read.
         tl.static_assert(RECTIFY and not RESCALE and not FUSE)
-        M = M * w[:, None] * w[None, :]
-    non_finite = both & ~(tl.abs(M) < INF)  # NaN fails the test too
-    skipped = tl.sum(tl.sum(non_finite.to(tl.int32), axis=1), axis=0) > 0
-    M = tl.where(skipped, 0.0, M)
+    M, skipped = _load_gram(m_ptr, w, rows, cols, n, both, CAGRAD, False)
     a_mu = tl.where(valid, 1.0 / nf, 0.0)
     b = tl.sum(M * a_mu[None, :], axis=1)
     s = rho * tl.sqrt(tl.maximum(tl.sum(a_mu * b, axis=0), 0.0, KEEP_NAN))
+    diag = tl.sum(tl.where(rows[:, None] == cols[None, :], M, 0.0), axis=1)
 
     if RECTIFY:
-        # The dual on the smoothed Gram M + gamma n n^T (solver.smoothed_gram, gamma =
-        # solver.smoothing of the gram's dtype); b, s and the gap stay those of M.
-        diag = tl.sum(tl.where(rows[:, None] == cols[None, :], M, 0.0), axis=1)
-        nrm = tl.sqrt(tl.maximum(diag, 0.0, KEEP_NAN))
-        Ms = M + gamma * (nrm[:, None] * nrm[None, :])
-        alpha = _solve_dual(Ms, b, s, valid, rows, cols, n, nf, ITERS, POLISH)
-        k = _rectify_scale(Ms, s, alpha)
+        # solver.rectify: the dual on the smoothed Gram (gamma = solver.smoothing of the
+        # gram's dtype) of M with each zero gradient's row and column replaced by those
+        # of the largest task (top: the first index of the largest diagonal entry, as
+        # torch.argmax), b remapped alike, s that of M; after the solve the zero
+        # gradients' weight is handed to top. The gap is that of M and b.
+        zero = valid & ~(diag > 0)
+        top = tl.argmax(tl.where(valid, diag, -INF), axis=0, tie_break_left=True)
+        br = tl.where(zero, tl.sum(tl.where(rows == top, b, 0.0), axis=0), b)  # exact: one entry
+        Ms = _rectified_gram(M, zero, top, rows, cols, gamma)
+        alpha = _solve_dual(Ms, br, s, valid, rows, cols, n, nf, ITERS, POLISH)
+        # M and Ms are not kept across the solve: loaded and formed again, the same bits.
+        M, skipped = _load_gram(m_ptr, w, rows, cols, n, both, CAGRAD, True)
+        k = _rectify_scale(_rectified_gram(M, zero, top, rows, cols, gamma), s, alpha)
+        moved = tl.sum(tl.where(zero, alpha, 0.0), axis=0)
+        alpha = tl.where(zero, 0.0, alpha) + tl.where(rows == top, moved, 0.0)
         a_u = a_mu + k * alpha
-        gap = _duality_gap(M, b, s, alpha, valid, _diag_max(M, valid, rows, cols), nf, k)
+        gap = _duality_gap(M, b, s, alpha, valid, diag, nf, k)
     else:
         alpha = tl.full([NPAD], NAN, tl.float64)
         a_u = w
@@ -362,7 +433,7 @@ def coefficients(
     gram [n, n] float32/float64 contiguous, weights [n] in its dtype and on its
     device; the outputs are in gram's dtype (skipped is bool).
     """
-    if gram.shape[0] > MAX_N:
+    if gram.shape[0] > SOLVE_MAX_N:
         # The register tiles would spill; the torch solver is the same algorithm.
         return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
     return _launch(gram, weights, rho, kappa, nu, eps, stages, False, 1.0)
@@ -384,7 +455,7 @@ def cagrad_coefficients(
     in gram's dtype: float32 grams differ by that rounding).
     """
     factor = _cagrad_factor(rho, rescale)
-    if gram.shape[0] > MAX_N:
+    if gram.shape[0] > SOLVE_MAX_N:
         return methods.cagrad_coefficients(gram, weights, rho, rescale)
     return _launch(gram, weights, rho, 1.0, 0.0, 0.0, solver.RECTIFY, True, factor)
 
@@ -428,8 +499,9 @@ def _launch(
         FUSE=bool(stages & solver.FUSE),
         ITERS=solver.DUAL_ITERS,
         POLISH=solver.POLISH_EVERY,
-        # Several [NPAD, NPAD] float64 tiles live at once: spread them over warps
-        # (ptxas for sm_90: no or small spills up to NPAD = 64 this way).
-        num_warps=max(4, npad // 4),
+        # [NPAD, NPAD] float64 tiles spread over the warps: 8 values per thread per
+        # tile at NPAD = 64 (16 warps).
+        num_warps=solve_warps(npad),
+        enable_fp_fusion=FP_FUSION,
     )
     return alpha, coeffs, gap, skipped.view(torch.bool)

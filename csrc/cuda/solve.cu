@@ -10,8 +10,9 @@
 // MGDA (the dual with b = 0: the min-norm point of the convex hull).
 //
 // Shared memory holds Mh = M / max(diag M) and a second n x n work matrix: M
-// itself (CAME-Grad, CAGrad: then the smoothed Ms = M + gamma nrm nrm^T that the
-// dual is solved on), then P Mh P for the power iteration, then each face system.
+// itself (CAME-Grad, CAGrad: then the smoothed Ms = M + gamma nrm nrm^T, zero
+// gradients remapped as in solver.rectify, that the dual is solved on), then
+// P Mh P for the power iteration, then each face system.
 // The scalar steps (segment line search, clamps, constants) are those of the
 // CPU port in csrc/cpu/solver.h, which are __host__ __device__.
 #include <cfloat>
@@ -29,6 +30,11 @@ namespace sv = camegrad::solver;
 using sv::clamp_min;
 using sv::TINY;
 using namespace block;
+
+// torch's min: NaN if either is NaN (fmin would drop it).
+struct MinNaN {
+  __device__ double operator()(double a, double b) const { return isnan(a) ? a : isnan(b) ? b : fmin(a, b); }
+};
 
 // Row stride of the two shared matrices: odd, so that thread i's row i falls on
 // its own banks; n + 2 columns hold a face system with its two right-hand sides.
@@ -88,6 +94,20 @@ struct Solver {
     sync();
     if (act)
       for (int j = 0; j < n; ++j) wk[tid * ld + j] = wk[tid * ld + j] * x * xs[j];
+  }
+
+  // solver.rectify's remapped Gram in place: wk_ij = wk_{idx(i) idx(j)} with idx(i) = top
+  // for a zero gradient (zero = !(wk_ii > 0), the caller's), i otherwise. Through mh
+  // (free until solve_dual fills it); orig holds idx (free outside face_solve).
+  __device__ void remap(bool zero, int top) {
+    sync();  // wk is written, earlier readers of orig are done
+    if (act) orig[tid] = zero ? top : tid;
+    sync();
+    if (act)
+      for (int j = 0; j < n; ++j) mh[tid * ld + j] = wk[orig[tid] * ld + orig[j]];
+    sync();  // every read of wk is done
+    if (act)
+      for (int j = 0; j < n; ++j) wk[tid * ld + j] = mh[tid * ld + j];
   }
 
   // solver.smoothed_gram in place: wk_ij + gamma (nrm_i nrm_j), nrm_i = sqrt(max(wk_ii, 0)).
@@ -218,22 +238,29 @@ struct Solver {
   __device__ static double rectify_scale(double s, double r) { return r > 0 ? s / clamp_min(r, TINY) : 0.0; }
 
   // solver.duality_gap of alpha and the primal point a_mu + k alpha on (A, b, s),
-  // from Ma = A alpha and r = norm(A, alpha); max_norm = sqrt(max diag A).
-  __device__ double gap(double Ma, double r, double max_norm, double b, double s, double a, double k) {
+  // from Ma = A alpha and r = norm(A, alpha); max_norm = sqrt(max diag A), diag =
+  // A_ii of the calling thread's i.
+  __device__ double gap(double Ma, double r, double max_norm, double diag, double b, double s, double a,
+                        double k) {
     double v[2] = {a * b, b};
     team.reduce(v, Add{});
-    double primal[1] = {act ? b + k * Ma : INFINITY};
-    team.reduce(primal, Min{});
-    const double dual = v[0] + s * r;
+    // The primal value and the vertex bound: every vertex e_i is a dual point too,
+    // F(e_i) = b_i + s ||g_i||.
+    double mins[2] = {act ? b + k * Ma : INFINITY, act ? b + s * sqrt(clamp_min(diag, 0.0)) : INFINITY};
+    team.reduce(mins, MinNaN{});
+    const double f_alpha = v[0] + s * r;
+    const double dual = isnan(f_alpha) || isnan(mins[1]) ? NAN : fmin(f_alpha, mins[1]);  // torch.minimum
     const double mu_norm = sqrt(clamp_min(v[1] / n, 0.0));
-    return (dual - primal[0]) / clamp_min(mu_norm * max_norm, TINY);
+    // ||mu|| is known only down to sqrt(eps) max_i ||g_i||: the normaliser is floored there.
+    const double denom = fmax(mu_norm, sqrt(DBL_EPSILON) * max_norm) * max_norm;
+    return (dual - mins[0]) / clamp_min(denom, TINY);
   }
 
   // The gap of solve_dual's final choice: on (Mh, bh, sh), k = rectify_scale on Mh.
   __device__ double gap_h(double max_norm, double bh, double sh, double a) {
     double Ma;
     const double r = norm(mh, a, Ma);
-    return gap(Ma, r, max_norm, bh, sh, a, rectify_scale(sh, r));
+    return gap(Ma, r, max_norm, act ? mh[tid * ld + tid] : 0.0, bh, sh, a, rectify_scale(sh, r));
   }
 
   // sqrt(alpha^T Mh alpha) clamped to TINY, and Mh alpha.
@@ -387,24 +414,35 @@ __global__ void __launch_bounds__(32 * W)
 
     double a_u = ws;
     if (p.stages & sv::RECTIFY) {
-      // The dual on the smoothed Gram at the Gram's own precision (solver.smoothing);
-      // b and s stay those of M. wk = Ms, formed again after the solve for k.
+      // solver.rectify: the dual on the smoothed Gram at the Gram's own precision
+      // (solver.smoothing), b and s those of M, with each zero gradient's row and
+      // column replaced by those of the largest task (top: the first index of the
+      // largest diagonal entry, as torch.argmax) and its weight handed back to top
+      // after the solve. wk = that Ms, formed again after the solve for k.
       const double gamma = sv::smoothing(sizeof(A) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON);
+      const double diag = act ? S.wk[tid * S.ld + tid] : -INFINITY;  // read after the sync above
+      const bool zero = act && !(diag > 0);
+      const int top = S.team.argmax(diag, tid);  // finite on [0, n), -inf beyond: an active task
+      const double b_top = S.team.sum(tid == top ? b : 0.0);  // exact: one entry and zeros
+      S.remap(zero, top);
       S.smooth(gamma);
       S.sync();  // solve_dual reads the rows of other threads
       double ds[1] = {act ? S.wk[tid * S.ld + tid] : -INFINITY};
       S.team.reduce(ds, Max{});
-      alpha = S.solve_dual(b, s, ds[0]);
+      alpha = S.solve_dual(zero ? b_top : b, s, ds[0]);
       S.sync();  // the face systems in wk are read no more
       load();
+      S.remap(zero, top);
       S.smooth(gamma);
       double Ma;
       const double k = Solver<W>::rectify_scale(s, S.norm(S.wk, alpha, Ma));
+      const double moved = S.team.sum(zero ? alpha : 0.0);
+      alpha = (zero ? 0.0 : alpha) + (tid == top ? moved : 0.0);
       a_u = act ? a_mu + k * alpha : 0.0;
       S.sync();  // Ms is read no more
       load();
       const double r = S.norm(S.wk, alpha, Ma);
-      gap = S.gap(Ma, r, max_norm, b, s, alpha, k);
+      gap = S.gap(Ma, r, max_norm, diag, b, s, alpha, k);
     }
     double a_en = a_u, joint = ws;
     if (p.stages & sv::RESCALE) {
