@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import methods, solver
 from .options import FP_FUSION
-from .solve import INF, KEEP_NAN, NAN, SOLVE_MAX_N, TINY, _diag_max, _solve_dual, solve_warps
+from .solve import INF, KEEP_NAN, NAN, SOLVE_MAX_N, TINY, _diag_max, _solve_dual, solve_options
 
 
 @triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
@@ -178,8 +178,7 @@ def mgda_coefficients(
         ITERS=solver.DUAL_ITERS,
         POLISH=solver.POLISH_EVERY,
         # The dual solve holds as many [NPAD, NPAD] tiles as solve.py's kernel.
-        num_warps=solve_warps(npad),
-        enable_fp_fusion=FP_FUSION,
+        **solve_options(npad),
     )
     return alpha, coeffs, gap, skipped.view(torch.bool)
 

@@ -41,9 +41,21 @@ from .options import FP_FUSION
 SOLVE_MAX_N = 64
 
 
-def solve_warps(npad: int) -> int:
-    """Warps of a solve with [NPAD, NPAD] tiles: 4, 8 and 16 for NPAD 16, 32 and 64."""
-    return max(4, npad // 4)
+def solve_options(npad: int) -> dict:
+    """Launch options of a one-program solve with [NPAD, NPAD] float64 tiles.
+
+    Warps: 4, 8 and 16 for NPAD 16, 32 and 64 (8 values a thread per tile at
+    64). maxnreg: at 16 warps ptxas keeps to 64 registers a thread (half of what
+    one program of 512 threads may use) and spills more; 128 moves ~20% of the
+    NPAD = 64 spill back into registers (.ci/check_triton_aot.py). One program
+    per launch, so nothing else competes for that SM's registers. CUDA only
+    (ROCm's triton has no such option).
+    """
+    warps = max(4, npad // 4)
+    options = {"num_warps": warps, "enable_fp_fusion": FP_FUSION}
+    if torch.version.hip is None and 65536 // (32 * warps) < 255:
+        options["maxnreg"] = 65536 // (32 * warps)
+    return options
 
 
 # Globals read inside kernels must be constexpr. The work dtype is float64.
@@ -219,7 +231,9 @@ def _duality_gap(M, b, s, alpha, valid, diag, nf, k):
     dual = tl.minimum(tl.sum(alpha * b, axis=0) + s * r, vertex, KEEP_NAN)
     mu_norm = tl.sqrt(tl.maximum(tl.sum(b, axis=0) / nf, 0.0, KEEP_NAN))
     # ||mu|| is known only down to sqrt(eps) max_i ||g_i||: the normaliser is floored there.
-    denom = tl.maximum(mu_norm, SQRT_EPS * max_norm, KEEP_NAN) * max_norm
+    # max_norm * SQRT_EPS, not SQRT_EPS * max_norm: triton 3.7's interpreter makes a
+    # constexpr times a tensor a constexpr holding a tensor, and fails on it.
+    denom = tl.maximum(mu_norm, max_norm * SQRT_EPS, KEEP_NAN) * max_norm
     return (dual - primal) / tl.maximum(denom, TINY, KEEP_NAN)
 
 
@@ -499,9 +513,6 @@ def _launch(
         FUSE=bool(stages & solver.FUSE),
         ITERS=solver.DUAL_ITERS,
         POLISH=solver.POLISH_EVERY,
-        # [NPAD, NPAD] float64 tiles spread over the warps: 8 values per thread per
-        # tile at NPAD = 64 (16 warps).
-        num_warps=solve_warps(npad),
-        enable_fp_fusion=FP_FUSION,
+        **solve_options(npad),
     )
     return alpha, coeffs, gap, skipped.view(torch.bool)
