@@ -148,13 +148,13 @@ def _sweep(quick: bool) -> None:
             w = torch.ones(n, dtype=dtype)
             stages_list = (solver.ALL_STAGES, solver.RECTIFY) if quick else range(8)
             for stages in stages_list:
-                backend.coefficients(gram, w, *HYPER, stages)
-            backend.cagrad_coefficients(gram, w, 0.5, 1)
+                backend.solvers()["camegrad"](gram, w, *HYPER, stages)
+            backend.solvers()["cagrad"](gram, w, 0.5, 1)
             for norm in ("l2",) if quick else ("none", "l2"):
-                backend.mgda_coefficients(gram, w, norm)
+                backend.solvers()["mgda"](gram, w, norm)
             order = torch_methods.pcgrad_order(n, seed=0)
             for reduction in ("sum",) if quick else ("sum", "mean"):
-                backend.pcgrad_coefficients(gram, w, order, reduction)
+                backend.solvers()["pcgrad"](gram, w, order, reduction)
 
 
 # --quick: of each kernel's launches, those whose config label matches (all

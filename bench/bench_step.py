@@ -67,16 +67,13 @@ import camegrad_kernels as cg
 from camegrad_kernels import api, backends, methods, ops, reference
 
 PEERS = ("naive", "eager", "compile")
-BACKENDS = tuple(backends.PRIORITY)  # cuda, triton, cpu, reference
+BACKENDS = tuple(backends.PRIORITY)  # from the backend registry: cuda, triton, cpu, torch
 ALL_METHODS = PEERS + BACKENDS
 LABELS = {
     "naive": "naive (paper-literal, SLSQP)",
     "eager": "PyTorch best-effort",
     "compile": "torch.compile(best-effort)",
-    "cuda": "camegrad cuda",
-    "triton": "camegrad triton",
-    "cpu": "camegrad cpu",
-    "reference": "camegrad reference",
+    **{name: f"camegrad {name}" for name in BACKENDS},
 }
 DTYPES = {
     "float32": torch.float32,
@@ -388,12 +385,13 @@ def mtl_options(mtl_method: str, args: argparse.Namespace) -> dict:
 
 
 def baseline_reference(G: torch.Tensor, mtl_method: str, args: argparse.Namespace) -> torch.Tensor:
-    """Ground truth of a baseline method: methods.py's coefficients of the float64 Gram, c @ G."""
+    """Ground truth of a baseline method: its torch-ops solve on the float64 Gram, c @ G."""
     G64 = G.double()
-    options = methods.check_method(mtl_method, mtl_options(mtl_method, args)["method_options"])
+    options = mtl_options(mtl_method, args)["method_options"]
     M = G64 @ G64.T
-    w = torch.ones(G.shape[0], dtype=torch.float64, device=G.device)
-    coeffs = methods.coefficients(backends.load("reference"), mtl_method, M, w, peers.RHO, options)[1]
+    coeffs = api.coefficients(
+        M, mtl_method, method_options=options, rho=peers.RHO, backend="torch"
+    ).coeffs
     return coeffs.to(torch.float64) @ G64
 
 

@@ -427,7 +427,7 @@ if [ -n "${GPU_CHECK_BENCH_ARGS:-}" ]; then
   BENCH_ARGS=$GPU_CHECK_BENCH_ARGS
   grid="GPU_CHECK_BENCH_ARGS"
 elif [ "$DRY" = 1 ]; then
-  BENCH_ARGS="--device cpu --n 2,4 --d 1e4 --dtype float32 --methods naive,eager,cpu,reference --repeats 2 --warmup 1 --target-s 0.01 --naive-repeats 1 --no-plot"
+  BENCH_ARGS="--device cpu --n 2,4 --d 1e4 --dtype float32 --methods naive,eager,cpu,torch --repeats 2 --warmup 1 --target-s 0.01 --naive-repeats 1 --no-plot"
   grid="dry run (CPU, tiny)"
 elif [ "$left" -ge 260 ]; then # with the torch.compile peer (a cold compile per dtype)
   BENCH_ARGS="--device cuda --n 4,16 --d 1e6,1e8 --dtype float32,bfloat16 --extra 40:1e7:float32 --methods cuda,triton,eager,compile,naive ${common[*]} --target-s 0.1"

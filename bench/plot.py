@@ -20,28 +20,31 @@ from pathlib import Path
 
 import matplotlib
 
+from camegrad_kernels.backends import PRIORITY
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("naive", "eager", "compile", "reference", "cpu", "triton", "cuda")
+# The peers, then the backends slowest first; a backend added to the registry
+# (camegrad_kernels.backends.PRIORITY) is plotted too, in a default style.
+ORDER = ("naive", "eager", "compile", *reversed(PRIORITY))
 STYLE = {
     "naive": {"color": "tab:red", "marker": "v", "ls": ":"},
     "eager": {"color": "tab:blue", "marker": "s", "ls": "--"},
     "compile": {"color": "tab:purple", "marker": "D", "ls": "--"},
-    "reference": {"color": "tab:gray", "marker": "o", "ls": "-."},
+    "torch": {"color": "tab:gray", "marker": "o", "ls": "-."},
     "cpu": {"color": "tab:green", "marker": "o", "ls": "-"},
     "triton": {"color": "tab:orange", "marker": "^", "ls": "-"},
     "cuda": {"color": "tab:olive", "marker": "*", "ls": "-"},
 }
+for _name in PRIORITY:
+    STYLE.setdefault(_name, {"color": "tab:brown", "marker": "P", "ls": "-"})
 LABELS = {
     "naive": "naive: paper-literal eager + SLSQP",
     "eager": "PyTorch best-effort (eager)",
     "compile": "torch.compile(best-effort)",
-    "reference": "camegrad backend=reference",
-    "cpu": "camegrad backend=cpu",
-    "triton": "camegrad backend=triton",
-    "cuda": "camegrad backend=cuda",
+    **{name: f"camegrad backend={name}" for name in PRIORITY},
 }
 
 

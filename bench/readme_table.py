@@ -23,7 +23,7 @@ from pathlib import Path
 from plot import newest
 
 PEERS = ("naive", "eager", "compile")
-OURS = ("cuda", "triton", "cpu", "reference")  # preference when picking "ours"
+OURS = ("cuda", "triton", "cpu", "torch")  # preference when picking "ours"
 HEAD = {
     "naive": "naive",
     "eager": "PyTorch",
@@ -31,7 +31,7 @@ HEAD = {
     "cuda": "cuda",
     "triton": "triton",
     "cpu": "cpu",
-    "reference": "reference",
+    "torch": "torch",
 }
 
 
@@ -68,7 +68,7 @@ def table(data: dict, ns=None, dtypes=None, cold: dict | None = None) -> str:
         configs = [k for k in configs if k[0] in dtypes]
     present = {r["method"] for r in rows if r.get("status") not in (None, "unavailable")}
     methods = [m for m in PEERS + OURS if m in present]
-    ours = [m for m in OURS if m in present and m != "reference"] or ["reference"]
+    ours = [m for m in OURS if m in present and m != "torch"] or ["torch"]
     ours = [m for m in ours if m in present]
 
     m = data["machine"]

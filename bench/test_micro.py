@@ -7,7 +7,7 @@ Not part of the test suite (``pytest tests`` / ``testpaths`` never collect bench
     pytest bench/test_micro.py --benchmark-compare=0001 --benchmark-compare-fail=median:10%
     pytest bench/test_micro.py -k "cpu and gram"                    # a subset
 
-Backends "cpu" (skipped when the C++ extension is not built) and "reference".
+Backends "cpu" (skipped when the C++ extension is not built) and "torch".
 Each benchmark is checked against the reference backend once before timing.
 """
 
@@ -28,7 +28,7 @@ from camegrad_kernels import api, ops
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 BACKENDS = [
-    "reference",
+    "torch",
     pytest.param(
         "cpu",
         marks=pytest.mark.skipif(
@@ -56,8 +56,8 @@ def _grads(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
 def problem(request):
     n, d, dtype = request.param
     G = _grads(n, d, dtype)
-    M = api.gram(G, backend="reference")
-    co = api.camegrad_coefficients(M, backend="reference")
+    M = api.gram(G, backend="torch")
+    co = api.camegrad_coefficients(M, backend="torch")
     return G, M, co.coeffs
 
 
@@ -84,7 +84,7 @@ def test_combine(benchmark, backend, problem):
     G, _, c = problem
     benchmark.group = f"combine {G.shape[0]}x{G.shape[1]:.0e} {G.dtype}"
     out = torch.empty(G.shape[1], dtype=G.dtype)
-    ref = api.combine(G, c, backend="reference")
+    ref = api.combine(G, c, backend="torch")
     api.combine(G, c, out=out, backend=backend)
     tol = 1e-5 if G.dtype == torch.float32 else 1e-2
     rel = float((out.double() - ref.double()).norm() / ref.double().norm())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from typing import Optional
 
@@ -18,18 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import backends, methods
-from .api import (
-    _FLOAT_DTYPES,
-    _STEP_NONFINITE,
-    DEFAULT_STAGES,
-    StepInfo,
-    Weights,
-    _check_grads,
-    _check_step_args,
-    _finish_step,
-)
-from .backends.reference import gram_dtype
+from . import backends, core, methods, validation
+from .core import StepInfo
+from .dtypes import FLOAT_DTYPES, accumulate_dtype
+from .validation import DEFAULT_STAGES, Weights
 
 ProcessGroup = Optional[dist.ProcessGroup]
 # What every rank must agree on; one float64 each (exact for these values).
@@ -40,11 +33,11 @@ _FIELDS = (
 
 
 def _check_shard(grads: object) -> Tensor:
-    """api's _check_grads, except that d_local = 0 (an empty shard) is valid."""
+    """validation.check_grads, except that d_local = 0 (an empty shard) is valid."""
     if isinstance(grads, Tensor) and grads.dim() == 2 and grads.shape[1] == 0:
-        _check_grads(grads.new_empty(grads.shape[0], 1), "grads_shard")  # every other rule
+        validation.check_grads(grads.new_empty(grads.shape[0], 1), "grads_shard")  # every other rule
         return grads.detach()
-    return _check_grads(grads, "grads_shard")
+    return validation.check_grads(grads, "grads_shard")
 
 
 def _hash48(data: bytes) -> float:
@@ -53,13 +46,32 @@ def _hash48(data: bytes) -> float:
     return float(int.from_bytes(digest, "little"))
 
 
+def _descriptor(config: core.StepConfig, grads: Tensor, plan_backend: str) -> list[float]:
+    weights = config.weights or (1.0,) * grads.shape[0]
+    hyper = config.hyper
+    return [
+        float(grads.shape[0]),
+        float(FLOAT_DTYPES.index(grads.dtype)),
+        hyper.rho,
+        hyper.kappa,
+        hyper.nu,
+        hyper.eps,
+        float(hyper.stages),
+        float(validation.NONFINITE.index(config.nonfinite)),
+        float(backends.PRIORITY.index(plan_backend)),
+        _hash48(struct.pack(f"{len(weights)}d", *weights)),
+        float(methods.METHODS.index(config.method.name)),
+        _hash48(repr(sorted(config.options.items())).encode()),
+    ]
+
+
 def _show(field: str, value: float) -> str:
     if field == "dtype":
-        return str(_FLOAT_DTYPES[int(value)])
+        return str(FLOAT_DTYPES[int(value)])
+    if field == "nonfinite":
+        return validation.NONFINITE[int(value)]
     if field == "backend":
         return backends.PRIORITY[int(value)]
-    if field == "nonfinite":
-        return _STEP_NONFINITE[int(value)]
     if field == "method":
         return methods.METHODS[int(value)]
     if field in ("weights", "method_options"):
@@ -82,19 +94,17 @@ def _agree(descriptor: list[float] | None, device: torch.device, group: ProcessG
         return  # the caller re-raises its own error
     invalid = [rank for rank, r in enumerate(table) if math.isnan(r[0])]  # a rejecting rank
     if invalid:
-        raise ValueError(
-            f"camegrad_step_sharded: rank(s) {invalid} rejected their inputs (see their error)"
-        )
+        raise ValueError(f"step_sharded: rank(s) {invalid} rejected their inputs (see their error)")
     diffs = []
     for i, field in enumerate(_FIELDS):
         if any(r[i] != table[0][i] for r in table):
             values = ", ".join(f"rank {rank}: {_show(field, r[i])}" for rank, r in enumerate(table))
             diffs.append(f"{field} ({values})")
     if diffs:
-        raise ValueError("camegrad_step_sharded: ranks disagree on " + "; ".join(diffs))
+        raise ValueError("step_sharded: ranks disagree on " + "; ".join(diffs))
 
 
-def camegrad_step_sharded(
+def step_sharded(
     grads_shard: Tensor,
     weights: Weights = None,
     *,
@@ -111,76 +121,68 @@ def camegrad_step_sharded(
     method: str = "camegrad",
     method_options: dict | None = None,
 ) -> Tensor | tuple[Tensor, StepInfo]:
-    """:func:`camegrad_kernels.camegrad_step` on G split by columns across ranks.
+    """:func:`camegrad_kernels.step` on G split by columns across ranks.
 
     Collective: every rank of ``process_group`` (default: the world) must call it.
     ``grads_shard`` is this rank's contiguous [n, d_local] column slice of G
     (shards may be uneven; d_local = 0 is allowed); the result is this rank's
-    [d_local] slice of g_final. All other arguments are camegrad_step's and must
+    [d_local] slice of g_final. All other arguments are the step's and must
     be equal on all ranks (checked: one all_gather of a small descriptor, then a
     ValueError on every rank naming what differs). ``info`` holds the global
     Gram and the same coefficients on every rank.
 
-    ``method="pcgrad"`` with ``seed=None`` draws the seed on every rank from
-    torch's global CPU generator, as the local step does; the descriptor check
-    then raises unless all ranks drew the same (seed them alike, or pass a seed).
+    A method with a seed option (``methods.get(method).random_option``, e.g.
+    pcgrad's) given None draws the seed on every rank from torch's global CPU
+    generator, as the local step does; the descriptor check then raises unless
+    all ranks drew the same (seed them alike, or pass a seed).
 
     Communication: that descriptor all_gather, plus one all_reduce of the
-    [n, n] Gram (float64 for every gradient dtype). Each rank checks its own
-    update shard (``nonfinite`` as in camegrad_step), so that all ranks skip,
-    or raise on, an update that overflowed on any of them: with
-    ``nonfinite="skip"`` one more all_reduce of one number per call; with
-    "raise" only when the update bound says it may have overflowed (the same
-    decision on every rank: the global Gram and coefficients). ``out`` must not
-    require grad and has its version counter bumped, as in camegrad_step.
+    [n, n] Gram (float64 for every gradient dtype; none for a Gram-free method
+    without ``return_info``). Each rank checks its own update shard
+    (``nonfinite`` as in the step), so that all ranks skip, or raise on, an
+    update that overflowed on any of them: with ``nonfinite="skip"`` one more
+    all_reduce of one number per call; with "raise" only when the update
+    bound says it may have overflowed (the same decision on every rank: the
+    global Gram and coefficients). ``out`` must not require grad and has its
+    version counter bumped, as in the step.
     """
     device = grads_shard.device if isinstance(grads_shard, Tensor) else torch.device("cpu")
     try:
         grads = _check_shard(grads_shard)
-        out, w, mask, module, (rho, kappa, nu, eps) = _check_step_args(
-            grads, weights, rho, kappa, nu, eps, stages, out, backend, nonfinite, return_info
+        validation.check_bool(return_info, "return_info")
+        out = validation.check_out(out, grads)
+        validation.check_weights_device(weights, grads.device)
+        config = core.make_config(
+            n=grads.shape[0], dtype=accumulate_dtype(grads.dtype),
+            what=f"the combine dtype of {grads.dtype} gradients", weights=weights, rho=rho,
+            kappa=kappa, nu=nu, eps=eps, stages=stages, backend=backend, nonfinite=nonfinite,
+            method=method, method_options=method_options,
         )
-        options = methods.check_method(method, method_options)
-        if method == "pcgrad" and options["seed"] is None:  # drawn once, then checked
-            options["seed"] = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        n, acc = grads.shape[0], gram_dtype(grads.dtype, device)  # the Gram's: float64
-        descriptor = [
-            n,
-            _FLOAT_DTYPES.index(grads.dtype),
-            rho,
-            kappa,
-            nu,
-            eps,
-            mask,
-            _STEP_NONFINITE.index(nonfinite),
-            backends.PRIORITY.index(module.NAME),
-            _hash48(w.cpu().numpy().tobytes()),
-            methods.METHODS.index(method),
-            _hash48(repr(sorted(options.items())).encode()),
-        ]
+        config = core.with_drawn_seed(config)  # drawn once here, then checked across ranks
+        plan = core.plan_of(config, grads)
+        descriptor = _descriptor(config, grads, plan.name)
     except (TypeError, ValueError, RuntimeError):
         _agree(None, device, process_group)
         raise
-    _agree([float(v) for v in descriptor], device, process_group)
+    _agree(descriptor, device, process_group)
 
-    # The kernels need d >= 1; an empty shard contributes an exact zero partial.
-    gram = (
-        module.gram(grads).contiguous()
-        if grads.shape[1]
-        else torch.zeros(n, n, dtype=acc, device=device)
-    )
-    dist.all_reduce(gram, group=process_group)
-    # The same reduced Gram everywhere: with nonfinite="raise" all ranks raise together.
-    solve_args = (w, rho, kappa, nu, eps, mask)
+    def reduce_gram(gram: Tensor) -> Tensor:
+        gram = gram.contiguous()
+        dist.all_reduce(gram, group=process_group)
+        return gram
 
     def any_rank(flag: Tensor) -> Tensor:  # the ranks agree on skipping (or raising on) an update
         value = flag.to(torch.int32).reshape(1)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=process_group)
         return value[0] > 0
 
-    return _finish_step(
-        module, grads, gram, solve_args, out, nonfinite, return_info, method, options, any_rank
+    out, info = core.run_step(
+        config, grads, out, return_info=return_info, reduce_gram=reduce_gram, any_rank=any_rank
     )
+    return (out, info) if return_info else out
+
+
+camegrad_step_sharded = step_sharded  # the name of earlier releases
 
 
 # --------------------------------------------------------------------------- data-parallel helpers
@@ -203,7 +205,7 @@ def average_task_grads(
     Collective; ``buffer`` has the same shape and dtype on every rank. Run the
     local camegrad_step on it afterwards. Returns ``buffer``.
     """
-    flat = _check_grads(buffer, "buffer").view(-1)
+    flat = validation.check_grads(buffer, "buffer").view(-1)
     if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
         raise ValueError(f"bucket_bytes: expected a positive int, got {bucket_bytes!r}")
     world = dist.get_world_size(process_group)
@@ -232,7 +234,7 @@ def shard_task_grads(
     first ranks; d < world leaves some ranks an empty shard). ``buffer`` is not
     modified. Feed the shard to :func:`camegrad_step_sharded`.
     """
-    buffer = _check_grads(buffer, "buffer")
+    buffer = validation.check_grads(buffer, "buffer")
     world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
     offsets = _split(buffer.shape[1], world)
     lo, hi = offsets[rank], offsets[rank + 1]

@@ -14,6 +14,8 @@ import importlib
 import torch
 from torch import Tensor
 
+from . import methods
+
 LOAD_ERRORS: dict[str, str] = {}
 
 
@@ -31,7 +33,7 @@ HAS_CUDA_OPS = HAS_CPU_OPS and _load("_cuda")
 
 
 # The Gram (and so the coefficients solved from it) is float64 for every input
-# dtype (backends.reference.gram_dtype); the combine accumulates in fp32 for
+# dtype (dtypes.gram_dtype); the combine accumulates in fp32 for
 # fp16/bf16/fp32 gradients but writes grads' dtype.
 _GRAM_DTYPE = torch.float64
 
@@ -43,7 +45,7 @@ if HAS_CPU_OPS:
         n = grads.shape[0]
         return grads.new_empty((n, n), dtype=_GRAM_DTYPE)
 
-    def _solve_fake(gram: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _solve_fake(gram: Tensor, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n = gram.shape[0]
         return (
             gram.new_empty((n,)),
@@ -52,29 +54,10 @@ if HAS_CPU_OPS:
             gram.new_empty((), dtype=torch.bool),
         )
 
-    @torch.library.register_fake("camegrad::coefficients")
-    def _coefficients_fake(
-        gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _solve_fake(gram)
-
-    @torch.library.register_fake("camegrad::cagrad_coefficients")
-    def _cagrad_fake(
-        gram: Tensor, weights: Tensor, rho: float, rescale: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _solve_fake(gram)
-
-    @torch.library.register_fake("camegrad::mgda_coefficients")
-    def _mgda_fake(
-        gram: Tensor, weights: Tensor, normalization: str
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _solve_fake(gram)
-
-    @torch.library.register_fake("camegrad::pcgrad_coefficients")
-    def _pcgrad_fake(
-        gram: Tensor, weights: Tensor, order: Tensor, reduction: str
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return _solve_fake(gram)
+    # Every method's native solve op (MethodSpec.native_op) has the same outputs.
+    for _spec in methods.REGISTRY.values():
+        if _spec.native_op is not None:
+            torch.library.register_fake(f"camegrad::{_spec.native_op}")(_solve_fake)
 
     @torch.library.register_fake("camegrad::combine")
     def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Tensor | None = None) -> Tensor:

@@ -58,25 +58,26 @@ update).
 
 Timing mode (``timing=True``): the device is synchronised between phases and
 ``self.timings`` holds the last call's seconds for "backward" (all per-task
-backwards), "gram", "solve" and "combine"; the step then runs as the three
-public ops ``gram`` / ``camegrad_coefficients`` / ``combine`` (same maths and
-backend as ``camegrad_step``). Off by default: it syncs the host.
+backwards), "gram", "solve" and "combine"; the phases are laps of the one
+step (``core.run_step``'s ``on_phase`` callback), so the timed step is the
+untimed one. Off by default: it syncs the host.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
 
-from . import api, methods
-from .api import DEFAULT_STAGES, StepInfo
-
-__all__ = ["MGDA", "CAGrad", "CAMEGrad", "LinearScalarization", "PCGrad", "TrainStepInfo"]
+from . import backends, core, devices, methods, validation
+from .core import StepInfo
+from .dtypes import accumulate_dtype
+from .validation import DEFAULT_STAGES, Weights
 
 _NONFINITE = ("raise", "skip", "propagate")
 
@@ -189,7 +190,7 @@ class CAMEGrad:
     def __init__(
         self,
         shared_params: Iterable[Tensor] | nn.Module,
-        weights: api.Weights = None,
+        weights: Weights = None,
         *,
         rho: float = 0.5,
         kappa: float = 1.5,
@@ -203,34 +204,39 @@ class CAMEGrad:
         method_options: dict | None = None,
     ) -> None:
         self.params = _shared_list(shared_params)
-        options = methods.check_method(method, method_options)  # camegrad_step's own check
-        rho, kappa, nu, eps = api._check_hyper(rho, kappa, nu, eps)  # numpy scalars -> floats
         if isinstance(stages, str):
-            api.stage_mask(stages)  # raises the clear TypeError
+            validation.stage_mask(stages)  # raises the clear TypeError
         stages = tuple(stages)  # an iterator must not be used up by the check
-        api.stage_mask(stages)
-        api._check_backend_name(backend)
+        backends.check_name(backend)
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite: expected one of {_NONFINITE}, got {nonfinite!r}")
-        self.rho, self.kappa, self.nu, self.eps = rho, kappa, nu, eps
-        self.stages = stages
-        self.backend = backend
         self.nonfinite = nonfinite
-        self.method = method
-        self.method_options = options
-        # PCGrad draws a fresh task order every step from this stream, seeded by
-        # method_options["seed"] (None: from torch's global CPU generator).
-        seed = options.get("seed")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        self._orders = torch.Generator().manual_seed(seed)
+        self._settings = {
+            "rho": rho, "kappa": kappa, "nu": nu, "eps": eps, "stages": stages,
+            "backend": backend, "method": method, "method_options": method_options,
+            # "propagate" is "skip" for the step, then NaN written over a skipped update.
+            "nonfinite": "skip" if nonfinite == "propagate" else nonfinite,
+        }
         self.timing = bool(timing)
         self.timings: dict[str, float] = {}
-
+        self._clock = 0.0
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
         self.n = None
-        self.set_weights(weights)  # checked against the combine dtype of self.dtype
+        self.set_weights(weights)  # builds self.config: every setting checked once, here
+        spec, options = self.config.method, self.config.options
+        self.rho, self.kappa, self.nu, self.eps = (
+            self.config.hyper.rho, self.config.hyper.kappa, self.config.hyper.nu,
+            self.config.hyper.eps,
+        )
+        self.stages, self.backend = stages, backend
+        self.method, self.method_options = spec.name, dict(options)
+        # A random method (PCGrad) draws a fresh seed every step from this stream,
+        # seeded by its seed option (None: from torch's global CPU generator).
+        seed = options.get(spec.random_option) if spec.random_option else None
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self._orders = torch.Generator().manual_seed(seed)
 
         self.numel = sum(p.numel() for p in self.params)
         self._shared_ids = {id(p) for p in self.params}
@@ -261,7 +267,7 @@ class CAMEGrad:
         options: dict[str, object] = {**preset(name, dataset), **overrides}
         return cls(shared_params, **options)  # type: ignore[arg-type]
 
-    def set_weights(self, weights: api.Weights) -> None:
+    def set_weights(self, weights: Weights) -> None:
         """Replace the task weights (n of them, >= 0, positive sum; None: all ones).
 
         Takes effect at the next :meth:`backward`. After the first call the
@@ -285,18 +291,19 @@ class CAMEGrad:
                 raise ValueError(
                     f"weights: expected {self.n} weights (the number of tasks), got {count}"
                 )
-            host = api._check_weights(weights, count, torch.float64, torch.device("cpu"))
-            parsed = host.tolist()
+            parsed = list(validation.host_weights(weights, count) or ())
         # The weights, rho, kappa, eps and kappa * sum(w) must be finite in the combine
-        # dtype (camegrad_step checks it again; here the error comes at the call that set them).
-        check = torch.tensor([1.0] if parsed is None else parsed, dtype=torch.float64)
-        acc = api._accumulate_dtype(self.dtype)
-        what = f"the combine dtype of {self.dtype} gradients"
-        api._check_scales(check, self.rho, self.kappa, self.eps, acc, what)
+        # dtype: the error comes at the call that set them.
+        self.config = core.make_config(
+            n=1 if parsed is None else len(parsed), dtype=accumulate_dtype(self.dtype),
+            what=f"the combine dtype of {self.dtype} gradients", weights=parsed,
+            **self._settings,
+        )
         self.weights: list[float] | None = parsed
-        # All-ones weights are passed as None: camegrad_step then copies nothing to the device.
+        # All-ones weights are passed as None: the step then copies nothing to the device.
         uniform = parsed is None or all(w == 1.0 for w in parsed)
-        self._weights_host = None if uniform else torch.tensor(parsed, dtype=torch.float64)
+        if uniform:
+            self.config = replace(self.config, weights=None)
         self._needs_hooks = not uniform
 
     # ------------------------------------------------------------------ helpers
@@ -357,12 +364,6 @@ class CAMEGrad:
             )
         return items
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "xpu":
-            torch.xpu.synchronize(self.device)
-
     def _hook(self, grad: Tensor) -> Tensor | None:
         return None if self._scale == 1.0 else grad * self._scale
 
@@ -378,10 +379,9 @@ class CAMEGrad:
         if self.n is None:
             self._allocate(n)
         assert self.grads is not None and self._pairs is not None
-        t0 = None
         if self.timing:
-            self._sync()
-            t0 = time.perf_counter()
+            devices.synchronize(self.device)
+            self._clock = time.perf_counter()
 
         handles = []
         if self._needs_hooks:
@@ -406,9 +406,10 @@ class CAMEGrad:
             for p, view in zip(self.params, self._update_views):
                 p.grad = view
 
-        step_nonfinite = "skip" if self.nonfinite == "propagate" else self.nonfinite
+        if self.timing:
+            self._lap("backward")
         try:
-            info = self._step(step_nonfinite, t0)
+            info = self._step()
         except Exception:
             self.update.zero_()  # the shared .grad must not keep the previous step's update
             raise
@@ -427,64 +428,28 @@ class CAMEGrad:
             ),
         )
 
-    def _step(self, nonfinite: str, t0: float | None) -> StepInfo:
+    def step_config(self) -> core.StepConfig:
+        """The config of the next step: the trainer's, with this step's seed for a random method."""
+        if self.config.method.random_option is None:
+            return self.config
+        seed = int(torch.randint(0, 2**62, (), generator=self._orders, dtype=torch.int64))
+        return core.with_seed(self.config, seed)
+
+    def _step(self) -> StepInfo:
         assert self.grads is not None
-        if t0 is not None:
-            return self._timed_step(nonfinite, t0)
-        _, info = api.camegrad_step(
-            self.grads,
-            self._weights_host,
-            **self._solver_options(),
-            out=self.update,
-            nonfinite=nonfinite,
-            return_info=True,
+        on_phase = self._lap if self.timing else core.no_phase
+        _, info = core.run_step(
+            self.step_config(), self.grads, self.update, return_info=True, on_phase=on_phase
         )
+        assert info is not None
         return info
 
-    def _solver_options(self) -> dict[str, object]:
-        """The settings that camegrad_step and camegrad_coefficients both take."""
-        options = self.method_options
-        if self.method == "pcgrad":  # this step's order: the next seed of the trainer's stream
-            step_seed = int(torch.randint(0, 2**62, (), generator=self._orders, dtype=torch.int64))
-            options = {**options, "seed": step_seed}
-        return {
-            "rho": self.rho,
-            "kappa": self.kappa,
-            "nu": self.nu,
-            "eps": self.eps,
-            "stages": self.stages,
-            "backend": self.backend,
-            "method": self.method,
-            "method_options": options,
-        }
-
-    def _timed_step(self, nonfinite: str, t0: float) -> StepInfo:
-        assert self.grads is not None
-        self._sync()
-        t1 = time.perf_counter()
-        gram = api.gram(self.grads, backend=self.backend)
-        if nonfinite == "raise":
-            api._raise_on_nonfinite(gram)
-        self._sync()
-        t2 = time.perf_counter()
-        # The Gram formed above is a Gram by construction: not re-validated (as in camegrad_step).
-        co = api._coefficients(
-            gram, self._weights_host, **self._solver_options(), check_gram=False
-        )
-        self._sync()
-        t3 = time.perf_counter()
-        check = nonfinite == "raise" and api._raise_on_bad_solve(
-            gram, co.coeffs, self.dtype, api._accumulate_dtype(self.dtype)
-        )
-        api.combine(self.grads, co.coeffs, out=self.update, backend=self.backend)
-        skipped = api._guard_update(self.update, co.skipped, nonfinite, check)
-        self._sync()
-        t4 = time.perf_counter()
-        self.timings = {"backward": t1 - t0, "gram": t2 - t1, "solve": t3 - t2, "combine": t4 - t3}
-        name = api._select_backend(self.backend, self.device, self.dtype).NAME
-        return StepInfo(
-            co.alpha, co.coeffs, co.duality_gap, skipped, gram, api.task_cosines(gram), name
-        )
+    def _lap(self, phase: str) -> None:
+        """Timing mode: synchronise, and record the seconds since the last lap as ``phase``."""
+        devices.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[phase] = now - self._clock
+        self._clock = now
 
     def __repr__(self) -> str:
         return (
@@ -497,102 +462,54 @@ class CAMEGrad:
 
 # --------------------------------------------------------------------------- baselines
 # The same trainer (buffer, hooks, .grad writing, nonfinite policy, timing) with
-# another method's coefficients: each class only fixes ``method`` and names the
-# method's own hyperparameters as its papers do.
+# another method's coefficients: one class per method spec that names a trainer,
+# with the method's own hyperparameters under its paper's names.
 
 
-class CAGrad(CAMEGrad):
-    """CAGrad (Liu et al., NeurIPS 2021) on the fused engine.
-
-    ``c`` is CAGrad's conflict-averse radius (our ``rho``; 0.4 is the value of
-    their NYU-v2 experiments), ``rescale`` their public code's option (0: none,
-    1: divide by 1 + c^2, the default, 2: divide by 1 + c). Other arguments as
-    :class:`CAMEGrad`. See :mod:`camegrad_kernels.methods`.
-    """
+def method_trainer(spec: methods.MethodSpec) -> type[CAMEGrad]:
+    """The trainer class of ``spec``: ``cls(shared_params, weights=None, *, <paper args>, ...)``."""
+    paper = {arg.name: arg for arg in spec.trainer_args}
 
     def __init__(
-        self,
+        self: CAMEGrad,
         shared_params: Iterable[Tensor] | nn.Module,
-        weights: api.Weights = None,
-        *,
-        c: float = 0.4,
-        rescale: int = 1,
-        backend: str = "auto",
-        nonfinite: str = "raise",
-        timing: bool = False,
-    ) -> None:
-        super().__init__(
-            shared_params, weights, rho=c, backend=backend, nonfinite=nonfinite, timing=timing,
-            method="cagrad", method_options={"rescale": rescale},
-        )
-
-
-class MGDA(CAMEGrad):
-    """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the task gradients' hull.
-
-    ``normalization``: "none" (default) or "l2" (each gradient divided by its
-    norm first). Other arguments as :class:`CAMEGrad`.
-    """
-
-    def __init__(
-        self,
-        shared_params: Iterable[Tensor] | nn.Module,
-        weights: api.Weights = None,
-        *,
-        normalization: str = "none",
-        backend: str = "auto",
-        nonfinite: str = "raise",
-        timing: bool = False,
-    ) -> None:
-        super().__init__(
-            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
-            method="mgda", method_options={"normalization": normalization},
-        )
-
-
-class PCGrad(CAMEGrad):
-    """PCGrad (Yu et al., NeurIPS 2020): pairwise projections in a random task order.
-
-    A fresh order every step, drawn from the trainer's stream seeded with
-    ``seed`` (two trainers with the same seed make the same orders; ``None``
-    seeds it from torch's global CPU generator). ``reduction``: "sum"
-    (default) or "mean" (the public code's default). Other arguments as
-    :class:`CAMEGrad`.
-    """
-
-    def __init__(
-        self,
-        shared_params: Iterable[Tensor] | nn.Module,
-        weights: api.Weights = None,
-        *,
-        seed: int | None = None,
-        reduction: str = "sum",
-        backend: str = "auto",
-        nonfinite: str = "raise",
-        timing: bool = False,
-    ) -> None:
-        super().__init__(
-            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
-            method="pcgrad", method_options={"seed": seed, "reduction": reduction},
-        )
-
-
-class LinearScalarization(CAMEGrad):
-    """Linear scalarization: the update is sum_i w_i g_i (the baseline), on the same passes.
-
-    Arguments as :class:`CAMEGrad` without the solver's hyperparameters.
-    """
-
-    def __init__(
-        self,
-        shared_params: Iterable[Tensor] | nn.Module,
-        weights: api.Weights = None,
+        weights: Weights = None,
         *,
         backend: str = "auto",
         nonfinite: str = "raise",
         timing: bool = False,
+        **kwargs: object,
     ) -> None:
-        super().__init__(
-            shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
-            method="linear",
+        unknown = sorted(set(kwargs) - set(paper))
+        if unknown:
+            raise TypeError(
+                f"{spec.trainer}() got unexpected keyword argument(s) {unknown}; "
+                f"expected some of {sorted(paper)} and backend, nonfinite, timing"
+            )
+        values = {name: kwargs.get(name, arg.default) for name, arg in paper.items()}
+        hyper = {paper[k].to: v for k, v in values.items() if paper[k].to == "rho"}
+        options = {paper[k].to: v for k, v in values.items() if paper[k].to != "rho"}
+        CAMEGrad.__init__(
+            self, shared_params, weights, backend=backend, nonfinite=nonfinite, timing=timing,
+            method=spec.name, method_options=options, **hyper,  # type: ignore[arg-type]
         )
+
+    base = inspect.signature(__init__).parameters
+    params = [p for name, p in base.items() if name != "kwargs"]
+    params[3:3] = [
+        inspect.Parameter(arg.name, inspect.Parameter.KEYWORD_ONLY, default=arg.default)
+        for arg in spec.trainer_args
+    ]
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    doc = f"{spec.trainer_doc}\n\nOther arguments as :class:`CAMEGrad`; see ``camegrad_kernels.methods.{spec.name}``."
+    return type(spec.trainer, (CAMEGrad,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+
+
+# CAGrad, MGDA, PCGrad, LinearScalarization, ...: one per method spec with a trainer name.
+TRAINERS: dict[str, type[CAMEGrad]] = {
+    spec.trainer: method_trainer(spec) for spec in methods.REGISTRY.values() if spec.trainer
+}
+
+
+globals().update(TRAINERS)
+__all__ = ["TRAINERS", "CAMEGrad", "TrainStepInfo", "method_trainer", *TRAINERS]  # noqa: PLE0604

@@ -18,7 +18,7 @@ TORCH_LIBRARY(camegrad, m) {
       "int stages) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("combine(Tensor grads, Tensor coeffs, Tensor? skip=None) -> Tensor");
   m.def("combine_out(Tensor grads, Tensor coeffs, Tensor? skip, Tensor(a!) out) -> ()");
-  // The baselines of camegrad_kernels/methods.py (same results, same returns).
+  // The baselines of camegrad_kernels/methods/ (same results, same returns).
   m.def(
       "cagrad_coefficients(Tensor gram, Tensor weights, float rho, int rescale) "
       "-> (Tensor, Tensor, Tensor, Tensor)");

@@ -28,9 +28,8 @@ validation losses of both runs), cosine_hist.png (histogram of the pairwise
 task-gradient cosines with the negative ratio, as the paper's Fig. 3) and
 time_split.png (mean per-step time in forward / backward / Gram / solve /
 combine / optimizer). The phases are timed by CAMEGrad's timing mode, which
-synchronises the device between the phases and runs the step as the three
-public ops gram / camegrad_coefficients / combine (the same computation as
-camegrad_step).
+synchronises the device between the phases of the one step (a callback of
+the step core, the same computation as camegrad_step).
 
     python python/train_multitask.py                  # ~1 min on 2 CPU cores (500 steps x 2 runs)
     python python/train_multitask.py --steps 3 --out /tmp/runs --name smoke
@@ -57,7 +56,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from camegrad_kernels.methods import METHODS
+from camegrad_kernels.backends import NAMES as BACKENDS
+from camegrad_kernels.methods import METHODS, REGISTRY
 from camegrad_kernels.trainer import CAMEGrad
 
 # --------------------------------------------------------------------------- data
@@ -338,22 +338,10 @@ def train(args: argparse.Namespace, run: str, data: SyntheticRRG, val: dict) -> 
 
 # --------------------------------------------------------------------------- plots
 
-COLORS = {
-    "linear": "tab:blue",
-    "camegrad": "tab:orange",
-    "cagrad": "tab:green",
-    "mgda": "tab:red",
-    "pcgrad": "tab:purple",
-    "linear-method": "tab:cyan",
-}
-LABELS = {
-    "linear": "linear scalarization",
-    "camegrad": "CAME-Grad",
-    "cagrad": "CAGrad",
-    "mgda": "MGDA",
-    "pcgrad": "PCGrad",
-    "linear-method": "linear (method=)",
-}
+# From the method registry (each spec's plot colour and title), plus the
+# linear-scalarization run through method="linear" when it is the second run.
+COLORS = {name: spec.style[0] for name, spec in REGISTRY.items()} | {"linear-method": "tab:cyan"}
+LABELS = {name: spec.title for name, spec in REGISTRY.items()} | {"linear-method": "linear (method=)"}
 
 
 def ema(values: Sequence[float], beta: float = 0.9) -> list[float]:
@@ -485,7 +473,7 @@ def strict_json(value):
     return value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -495,7 +483,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tasks", type=int, default=3, help="number of auxiliary classification heads K (n = K+1)"
     )
     p.add_argument(
-        "--backend", default="auto", choices=["auto", "cuda", "triton", "cpu", "reference"]
+        "--backend", default="auto", choices=list(BACKENDS)
     )
     p.add_argument("--rho", type=float, default=0.5)
     p.add_argument("--kappa", type=float, default=1.5)
@@ -527,6 +515,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch intra-op CPU threads (0: torch's default); one is fastest for this tiny model",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps: expected >= 1")

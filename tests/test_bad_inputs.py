@@ -23,13 +23,14 @@ import torch.multiprocessing as mp
 from helpers import make_grads, rel_err
 
 import camegrad_kernels as ck
-from camegrad_kernels import api, backends
+from camegrad_kernels import backends, core, validation
+from camegrad_kernels import nonfinite as nonfinite_policy
 from camegrad_kernels.compat import CAME_Grad
-from camegrad_kernels.distributed import camegrad_step_sharded
+from camegrad_kernels.distributed import step_sharded
 from camegrad_kernels.trainer import CAMEGrad
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in ("cpu", "reference", "triton") if b in ck.available_backends()]
+BACKENDS = [b for b in ("cpu", "torch", "triton") if b in ck.available_backends()]
 D = 8  # tiny: the Triton interpreter runs every kernel op as a numpy call
 
 
@@ -71,7 +72,7 @@ def test_hyperparameters_overflowing_the_compute_dtype(backend, kwargs, match):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_coefficients_check_ranges_in_the_gram_dtype(backend):
-    M = ck.gram(_grads(), backend="reference")
+    M = ck.gram(_grads(), backend="torch")
     with pytest.raises(ValueError, match=r"kappa: .*torch\.float32 \(the Gram's dtype\)"):
         ck.camegrad_coefficients(M.to(torch.float32), kappa=1e40, backend=backend)
     with pytest.raises(ValueError, match=r"weights: .*torch\.float32"):
@@ -128,9 +129,9 @@ def test_large_bound_but_finite_update_passes(backend):
     g = torch.full((2, 4096), 1e3, dtype=torch.float16)
     g[1] *= -0.5
     g = g.to(DEVICE)
-    gram = ck.gram(g, backend="reference")
-    c = ck.camegrad_coefficients(gram, backend="reference").coeffs
-    assert float(api._update_bound(gram, c)) >= torch.finfo(torch.float16).max / 2
+    gram = ck.gram(g, backend="torch")
+    c = ck.camegrad_coefficients(gram, backend="torch").coeffs
+    assert float(nonfinite_policy.update_bound(gram, c)) >= torch.finfo(torch.float16).max / 2
     out = ck.camegrad_step(g, backend=backend)
     _, info = ck.camegrad_step(g, backend=backend, nonfinite="skip", return_info=True)
     assert bool(torch.isfinite(out).all()) and not bool(info.skipped)
@@ -140,19 +141,26 @@ def test_update_bound_is_a_bound():
     for seed in range(5):
         g = make_grads("random", 5, 300, torch.float64, seed=seed)
         c = torch.randn(5, dtype=torch.float64)
-        assert float((c @ g).abs().max()) <= float(api._update_bound(g @ g.T, c))
+        assert float((c @ g).abs().max()) <= float(nonfinite_policy.update_bound(g @ g.T, c))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nonfinite_coefficients_raise(backend, monkeypatch):
     module = backends.load(backend)
-    solve = module.coefficients
+    solvers = module.solvers
 
-    def broken(*args):
-        alpha, coeffs, gap, skipped = solve(*args)
-        return alpha, torch.full_like(coeffs, math.inf), gap, skipped
+    def broken_solvers():
+        table = dict(solvers())
+        solve = table["camegrad"]
 
-    monkeypatch.setattr(module, "coefficients", broken)
+        def broken(*args):
+            alpha, coeffs, gap, skipped = solve(*args)
+            return alpha, torch.full_like(coeffs, math.inf), gap, skipped
+
+        return {**table, "camegrad": broken}
+
+    monkeypatch.setattr(module, "solvers", broken_solvers)
+    monkeypatch.setattr(backends, "_PLANS", {})  # plans are cached: re-plan with the patch
     with pytest.raises(ValueError, match=r"coeffs: the coefficients of task\(s\) \[0, 1, 2, 3\]"):
         ck.camegrad_step(_grads(), backend=backend)
     out, info = ck.camegrad_step(_grads(), backend=backend, nonfinite="skip", return_info=True)
@@ -163,12 +171,12 @@ def test_trainer_skip_and_propagate_on_an_overflowing_update():
     p = torch.nn.Parameter(torch.zeros(D, dtype=torch.float16))
     for nonfinite, fill in (("skip", 0.0), ("propagate", math.nan)):
         for timing in (False, True):
-            cg = CAMEGrad([p], nonfinite=nonfinite, timing=timing, backend="reference")
+            cg = CAMEGrad([p], nonfinite=nonfinite, timing=timing, backend="torch")
             info = cg.backward([(p * 4e4).sum(), (p * 4e4).sum()])
             assert bool(info.skipped), (nonfinite, timing)
             torch.testing.assert_close(p.grad, torch.full_like(p.grad, fill), equal_nan=True)
     for timing in (False, True):
-        cg = CAMEGrad([p], timing=timing, backend="reference")
+        cg = CAMEGrad([p], timing=timing, backend="torch")
         with pytest.raises(ValueError, match=r"grads: the update overflowed torch\.float16"):
             cg.backward([(p * 4e4).sum(), (p * 4e4).sum()])
         assert torch.equal(p.grad, torch.zeros_like(p.grad))  # not the overflowed update
@@ -209,11 +217,11 @@ def test_not_a_gram_flagged_on_the_device(name):
     # The non-CPU path, run here on CPU tensors: device ops only, no host read.
     M, _ = NOT_GRAMS[name]
     if name == "indefinite":  # passes the cheap necessary conditions: documented
-        assert not bool(api._gram_defect(M))
+        assert not bool(nonfinite_policy.gram_defect(M))
         return
-    assert bool(api._gram_defect(M))
-    raw = backends.load("reference").coefficients(M, torch.ones(M.shape[0]), 0.5, 1.5, 0.2, 1e-8, 7)
-    alpha, coeffs, gap, skipped = api._flag_bad_gram(M, raw)
+    assert bool(nonfinite_policy.gram_defect(M))
+    raw = backends.load("torch").solvers()["camegrad"](M, torch.ones(M.shape[0]), 0.5, 1.5, 0.2, 1e-8, 7)
+    alpha, coeffs, gap, skipped = nonfinite_policy.flag_bad_gram(M, raw)
     assert bool(skipped) and torch.equal(coeffs, torch.zeros_like(coeffs))
     assert bool(torch.isnan(alpha).all()) and bool(torch.isnan(gap))
 
@@ -225,8 +233,8 @@ def test_not_a_gram_skipped_through_the_device_branch(backend, name, monkeypatch
     def forbidden(*args, **kwargs):
         raise AssertionError("a host check on the device path")
 
-    monkeypatch.setattr(api, "_on_host", lambda gram: False)
-    monkeypatch.setattr(api, "_check_host_gram", forbidden)
+    monkeypatch.setattr(core, "checked_on_host", lambda gram: False)
+    monkeypatch.setattr(validation, "check_host_gram", forbidden)
     M, _ = NOT_GRAMS[name]
     c = ck.camegrad_coefficients(M, backend=backend)
     expected = name != "indefinite"  # the cheap conditions are necessary, not sufficient
@@ -251,7 +259,7 @@ def test_real_grams_pass(backend, kind, n, d):
     for dtype in dtypes[1:2] if backend == "triton" else dtypes:
         g = make_grads(kind, n, d, dtype).to(DEVICE)
         M = ck.gram(g, backend=backend)
-        assert not bool(api._gram_defect(M))
+        assert not bool(nonfinite_policy.gram_defect(M))
         c = ck.camegrad_coefficients(M, backend=backend)
         assert not bool(c.skipped)
         assert rel_err(ck.combine(g, c.coeffs, backend=backend), ck.camegrad_step(g)) < 1e-2
@@ -269,8 +277,8 @@ def test_the_step_does_not_validate_its_own_gram(monkeypatch):
         raise AssertionError("eigvalsh on the step's path")
 
     monkeypatch.setattr(torch.linalg, "eigvalsh", forbidden)
-    monkeypatch.setattr(api, "_check_host_gram", forbidden)
-    monkeypatch.setattr(api, "_gram_defect", forbidden)
+    monkeypatch.setattr(validation, "check_host_gram", forbidden)
+    monkeypatch.setattr(nonfinite_policy, "gram_defect", forbidden)
     for backend in [b for b in BACKENDS if b != "triton"]:  # (the same api path)
         ck.camegrad_step(_grads(), backend=backend)
         ck.camegrad_step(_grads(), backend=backend, nonfinite="skip")
@@ -404,30 +412,30 @@ def _sharded_worker(rank: int, world: int, init_file: str, result_dir: str) -> N
     shard = torch.full((2, 4), 4e4 if rank == 1 else 1.0, dtype=torch.float16)
 
     def skip():
-        out, info = camegrad_step_sharded(
-            shard, backend="reference", nonfinite="skip", return_info=True
+        out, info = step_sharded(
+            shard, backend="torch", nonfinite="skip", return_info=True
         )
         assert bool(info.skipped), "every rank skips"
         assert torch.equal(out, torch.zeros_like(out))
 
     def raise_():
         with pytest.raises(ValueError, match=r"the update overflowed torch\.float16"):
-            camegrad_step_sharded(shard, backend="reference")
+            step_sharded(shard, backend="torch")
 
     def out_checks():
         g = torch.randn(2, 4, generator=torch.Generator().manual_seed(rank))
         with pytest.raises(ValueError, match="out: a leaf Variable"):
-            camegrad_step_sharded(g, out=torch.zeros(4, requires_grad=True), backend="reference")
+            step_sharded(g, out=torch.zeros(4, requires_grad=True), backend="torch")
         x = torch.randn(4, requires_grad=True)
         out = torch.zeros(4)
         loss = (x * out).sum()
-        camegrad_step_sharded(g, out=out, backend="reference", rho=np.float32(0.5))
+        step_sharded(g, out=out, backend="torch", rho=np.float32(0.5))
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             loss.backward()
         with pytest.raises(TypeError, match="return_info"):
-            camegrad_step_sharded(g, backend="reference", return_info="yes")
+            step_sharded(g, backend="torch", return_info="yes")
         with pytest.raises(ValueError, match=r"kappa: .*float32"):
-            camegrad_step_sharded(g, backend="reference", kappa=1e40)
+            step_sharded(g, backend="torch", kappa=1e40)
 
     for name, fn in (("skip", skip), ("raise", raise_), ("out", out_checks)):
         record(name, fn)
@@ -467,7 +475,7 @@ def test_indefinite_small_block_raises_on_the_host():
         ck.camegrad_coefficients(M)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_coefficients_beyond_the_combine_dtype_raise(backend):
     """Norms 1e40 apart in fp32: finite float64 coefficients that overflow the fp32 combine."""
     G = torch.tensor([[1e-40, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float32)

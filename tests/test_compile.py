@@ -12,9 +12,10 @@ import torch
 from helpers import make_grads, rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
 
+import camegrad_kernels as ck
 from camegrad_kernels import ops
 
-pytestmark = pytest.mark.skipif(
+needs_cpu_ops = pytest.mark.skipif(
     not ops.HAS_CPU_OPS, reason=f"camegrad_kernels._C not built: {ops.LOAD_ERRORS.get('_C')}"
 )
 
@@ -68,6 +69,7 @@ def _assert_same(compiled, eager) -> None:
     assert rel_err(new_param, want_param) <= 1e-6
 
 
+@needs_cpu_ops
 @pytest.mark.parametrize(
     "fn,calls",
     [
@@ -91,6 +93,7 @@ def test_compile_fullgraph_matches_eager(fn, calls, dtype):
     assert counter.frame_count == 1 and _camegrad_calls(counter) == calls
 
 
+@needs_cpu_ops
 def test_compile_skips_nonfinite():
     """The skip flag stays on device through the compiled graph: a zero update."""
     compiled, _ = _compile(_three_passes)
@@ -99,3 +102,37 @@ def test_compile_skips_nonfinite():
     new_param, outs = compiled(G, w, param)
     _assert_same((new_param, outs), _three_passes(G, w, param))
     assert bool(outs[5]) and torch.equal(new_param, param)
+
+
+# --------------------------------------------------------------------------- the whole step
+
+STEP_BACKENDS = [b for b in ("cpu", "torch") if b in ck.available_backends()]
+METHOD_CASES = [
+    ("camegrad", None),
+    ("cagrad", {"rescale": 2}),
+    ("mgda", {"normalization": "l2"}),
+    ("pcgrad", {"seed": 5}),
+    ("linear", None),
+]
+
+
+@pytest.mark.parametrize("method,options", METHOD_CASES, ids=[m for m, _ in METHOD_CASES])
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+def test_compiled_step_fullgraph_equals_eager(backend, method, options):
+    """torch.compile(ck.step, fullgraph=True): no graph break, for every method, same bits."""
+    weights = [1.0, 0.5, 2.0, 1.0]
+
+    def step(G):
+        return ck.step(
+            G, method, weights, method_options=options, backend=backend, nonfinite="skip"
+        )
+
+    compiled, counter = _compile(step)
+    G = make_grads("conflicting", 4, 257, torch.float32, seed=3)
+    got = compiled(G)
+    assert counter.frame_count == 1
+    assert torch.equal(got, step(G))
+    bad = G.clone()
+    bad[2, 7] = float("inf")
+    assert torch.equal(compiled(bad), torch.zeros_like(got))  # skipped on the device
+    assert counter.frame_count == 1

@@ -15,7 +15,7 @@ from helpers import make_grads
 import camegrad_kernels
 from camegrad_kernels import methods, ops, solver
 from camegrad_kernels.backends import cuda as cuda_backend
-from camegrad_kernels.backends import reference
+from camegrad_kernels.backends import torch_ops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NVCC = os.environ.get("NVCC") or shutil.which("nvcc") or shutil.which("/usr/local/cuda/bin/nvcc")
@@ -89,7 +89,7 @@ def test_gram_matches_float64(cuda_ops, dtype, n, d):
     G = grads(n, d, dtype, seed=n + d)
     M = cuda_backend.gram(G)
     # float64 for every dtype: products of the inputs are exact in fp64, summed there.
-    assert M.dtype == reference.gram_dtype(dtype) == torch.float64 and M.shape == (n, n)
+    assert M.dtype == torch_ops.gram_dtype(dtype) == torch.float64 and M.shape == (n, n)
     assert torch.equal(M, M.T)
     assert gram_error(M, G) <= 1e-12
 
@@ -115,7 +115,7 @@ def test_coefficients_match_float64_solver(cuda_ops, gram_dtype, n, kind):
     M = (G @ G.T).to(gram_dtype)
     w = torch.rand(n, device="cuda", dtype=gram_dtype) + 0.1
     args = (0.5, 1.5, 0.2, 1e-8, solver.ALL_STAGES)
-    alpha, coeffs, gap, skipped = cuda_backend.coefficients(M, w, *args)
+    alpha, coeffs, gap, skipped = cuda_backend.solvers()["camegrad"](M, w, *args)
     r_alpha, r_coeffs, r_gap, r_skipped = solver.camegrad_coefficients(M.cpu(), w.cpu(), *args)
     assert coeffs.dtype == gram_dtype and not bool(skipped) and not bool(r_skipped)
     tol = 1e-9 if gram_dtype == torch.float64 else 1e-5
@@ -132,7 +132,7 @@ def test_coefficients_match_float64_solver(cuda_ops, gram_dtype, n, kind):
 def test_coefficients_stage_masks(cuda_ops, stages, n):
     G = grads(n, 2 * n + 3, torch.float64, seed=stages)
     M, w = G @ G.T, torch.rand(n, device="cuda", dtype=torch.float64) + 0.1
-    got = cuda_backend.coefficients(M, w, 0.4, 2.0, 0.3, 1e-8, stages)
+    got = cuda_backend.solvers()["camegrad"](M, w, 0.4, 2.0, 0.3, 1e-8, stages)
     ref = solver.camegrad_coefficients(M.cpu(), w.cpu(), 0.4, 2.0, 0.3, 1e-8, stages)
     for a, b in zip(got[:3], ref[:3]):
         assert torch.allclose(a.cpu(), b, rtol=1e-8, atol=1e-8, equal_nan=True)
@@ -144,7 +144,7 @@ def test_coefficients_stage_masks(cuda_ops, stages, n):
 def test_coefficients_nonfinite_gram_is_skipped(cuda_ops, bad):
     M = torch.eye(5, device="cuda")
     M[4, 0] = bad
-    alpha, coeffs, gap, skipped = cuda_backend.coefficients(
+    alpha, coeffs, gap, skipped = cuda_backend.solvers()["camegrad"](
         M, torch.ones(5, device="cuda"), 0.5, 1.5, 0.2, 1e-8, 7
     )
     assert bool(skipped) and torch.equal(coeffs, torch.zeros_like(coeffs))
@@ -157,9 +157,9 @@ def test_coefficients_nonfinite_gram_is_skipped(cuda_ops, bad):
 @pytest.mark.parametrize("d", (1, 1001, 4096))
 def test_combine_matches_reference(cuda_ops, dtype, n, d):
     G = grads(n, d, dtype, seed=d)
-    c = torch.randn(n, device="cuda", dtype=reference.accumulate_dtype(dtype))
+    c = torch.randn(n, device="cuda", dtype=torch_ops.accumulate_dtype(dtype))
     got = cuda_backend.combine(G, c, torch.empty(d, device="cuda", dtype=dtype), None)
-    ref = reference.combine(G, c, torch.empty(d, device="cuda", dtype=dtype), None)
+    ref = torch_ops.combine(G, c, torch.empty(d, device="cuda", dtype=dtype), None)
     # float64 coefficients (the Gram's dtype, as the solvers return them) are
     # rounded to the combine's dtype first: the same bits.
     wide = cuda_backend.combine(G, c.double(), torch.empty(d, device="cuda", dtype=dtype), None)
@@ -194,8 +194,8 @@ def test_combine_into_other_dtype_and_strided_out(cuda_ops):
 def test_step_matches_reference_backend(cuda_ops, dtype, n):
     G = grads(n, 1_000_003, dtype, "conflicting")
     got = camegrad_kernels.camegrad_step(G, backend="cuda")
-    ref = camegrad_kernels.camegrad_step(G, backend="reference")
-    truth = camegrad_kernels.camegrad_step(G.double(), backend="reference")
+    ref = camegrad_kernels.camegrad_step(G, backend="torch")
+    truth = camegrad_kernels.camegrad_step(G.double(), backend="torch")
     assert got.dtype == dtype
 
     def err(x):
@@ -299,7 +299,7 @@ def test_step_d_1e8_float32(cuda_ops):
     assert M.dtype == torch.float64
     assert gram_error(M, G) <= 1e-12
     w = torch.ones(n, device="cuda")
-    _, coeffs, _, skipped = cuda_backend.coefficients(M, w, 0.5, 1.5, 0.2, 1e-8, solver.ALL_STAGES)
+    _, coeffs, _, skipped = cuda_backend.solvers()["camegrad"](M, w, 0.5, 1.5, 0.2, 1e-8, solver.ALL_STAGES)
     assert not bool(skipped)
 
     out = torch.empty(d, device="cuda")
@@ -319,9 +319,9 @@ def test_step_d_1e8_float32(cuda_ops):
     for i in range(n):
         expected.add_(G[i].double(), alpha=float(coeffs[i]))
     assert float((out.double() - expected).norm() / expected.norm()) <= 1e-6
-    truth = reference.camegrad_step(G)  # camegrad_kernels.reference, float64 throughout
+    truth = camegrad_kernels.reference.camegrad_step(G)  # camegrad_kernels.reference, float64 throughout
     assert float((out.double() - truth).norm() / truth.norm()) <= 1e-4  # fp32 UPDATE_TOL
-    ref = camegrad_kernels.camegrad_step(G, backend="reference")
+    ref = camegrad_kernels.camegrad_step(G, backend="torch")
     assert float((out.double() - ref.double()).norm() / truth.norm()) <= 2e-4
 
 
@@ -368,7 +368,7 @@ def test_more_tasks_than_the_kernels_take(cuda_ops):
     for n in (cuda_backend.SOLVE_MAX_TASKS + 1, cuda_backend.GRAM_MAX_TASKS + 1):
         G = grads(n, 4001, torch.float64)
         got = camegrad_kernels.camegrad_step(G, backend="cuda")
-        ref = camegrad_kernels.camegrad_step(G, backend="reference")
+        ref = camegrad_kernels.camegrad_step(G, backend="torch")
         assert float((got - ref).norm() / ref.norm()) <= 1e-9
 
 
@@ -425,7 +425,7 @@ def assert_on_simplex(alpha: torch.Tensor):
 def test_cagrad_matches_methods(cuda_ops, dtype, n, kind, rescale):
     M, w, _ = baseline_inputs(n, kind, dtype, seed=n)
     rho = 0.4
-    got = cuda_backend.cagrad_coefficients(M, w, rho, rescale)
+    got = cuda_backend.solvers()["cagrad"](M, w, rho, rescale)
     want = methods.cagrad_coefficients(M.cpu(), w.cpu(), rho, rescale)
     assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
     assert not bool(got[3]) and not bool(want[3])
@@ -458,7 +458,7 @@ def test_cagrad_matches_methods(cuda_ops, dtype, n, kind, rescale):
 @pytest.mark.parametrize("normalization", ("none", "l2"))
 def test_mgda_matches_methods(cuda_ops, dtype, n, kind, normalization):
     M, w, _ = baseline_inputs(n, kind, dtype, seed=n)
-    got = cuda_backend.mgda_coefficients(M, w, normalization)
+    got = cuda_backend.solvers()["mgda"](M, w, normalization)
     want = methods.mgda_coefficients(M.cpu(), w.cpu(), normalization)
     assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
     assert not bool(got[3]) and not bool(want[3])
@@ -492,7 +492,7 @@ def test_mgda_matches_methods(cuda_ops, dtype, n, kind, normalization):
 def test_pcgrad_matches_methods(cuda_ops, dtype, n, kind, reduction):
     # A finite algorithm: the same arithmetic as methods.py up to summation order.
     M, w, order = baseline_inputs(n, kind, dtype, seed=n)
-    got = cuda_backend.pcgrad_coefficients(M, w, order, reduction)
+    got = cuda_backend.solvers()["pcgrad"](M, w, order, reduction)
     want = methods.pcgrad_coefficients(M.cpu(), w.cpu(), order.cpu(), reduction)
     assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool]
     assert not bool(got[3]) and torch.isnan(got[0]).all() and torch.isnan(got[2])
@@ -504,20 +504,20 @@ def test_pcgrad_skips_bad_order_entries(cuda_ops):
     M, w, _ = baseline_inputs(6, "full", torch.float64, seed=3)
     order = methods.pcgrad_order(6, 1)
     order[0, 0], order[1, 2], order[2, 5], order[3, 1], order[4, 4] = -1, 99, 2**40, 3, -(2**62)
-    got = cuda_backend.pcgrad_coefficients(M, w, order.cuda(), "sum")
+    got = cuda_backend.solvers()["pcgrad"](M, w, order.cuda(), "sum")
     want = methods.pcgrad_coefficients(M.cpu(), w.cpu(), order, "sum")
     assert_coeffs_close(got[1], want[1], 1e-12)
     # An order that skips everything leaves every g_i' = g_i.
     none = torch.full((6, 6), -1, dtype=torch.int64, device="cuda")
-    assert torch.equal(cuda_backend.pcgrad_coefficients(M, w, none, "sum")[1], w)
+    assert torch.equal(cuda_backend.solvers()["pcgrad"](M, w, none, "sum")[1], w)
 
 
 def baseline_ops(M, w, order):
     """The three baseline ops, all options, on the CUDA backend."""
     return [
-        *[cuda_backend.cagrad_coefficients(M, w, 0.5, r) for r in (0, 1, 2)],
-        *[cuda_backend.mgda_coefficients(M, w, nz) for nz in ("none", "l2")],
-        *[cuda_backend.pcgrad_coefficients(M, w, order, red) for red in ("sum", "mean")],
+        *[cuda_backend.solvers()["cagrad"](M, w, 0.5, r) for r in (0, 1, 2)],
+        *[cuda_backend.solvers()["mgda"](M, w, nz) for nz in ("none", "l2")],
+        *[cuda_backend.solvers()["pcgrad"](M, w, order, red) for red in ("sum", "mean")],
     ]
 
 
@@ -570,10 +570,10 @@ def test_baselines_beyond_the_kernels_run_methods(cuda_ops):
     n = cuda_backend.SOLVE_MAX_TASKS + 1
     M, w, order = baseline_inputs(n, "full", torch.float64)
     pairs = [
-        (cuda_backend.cagrad_coefficients(M, w, 0.5, 1), methods.cagrad_coefficients(M, w, 0.5, 1)),
-        (cuda_backend.mgda_coefficients(M, w, "l2"), methods.mgda_coefficients(M, w, "l2")),
+        (cuda_backend.solvers()["cagrad"](M, w, 0.5, 1), methods.cagrad_coefficients(M, w, 0.5, 1)),
+        (cuda_backend.solvers()["mgda"](M, w, "l2"), methods.mgda_coefficients(M, w, "l2")),
         (
-            cuda_backend.pcgrad_coefficients(M, w, order, "mean"),
+            cuda_backend.solvers()["pcgrad"](M, w, order, "mean"),
             methods.pcgrad_coefficients(M, w, order, "mean"),
         ),
     ]

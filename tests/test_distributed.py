@@ -24,13 +24,13 @@ from camegrad_kernels.distributed import (
     _reduce_scatter_columns,
     _split,
     average_task_grads,
-    camegrad_step_sharded,
     gather_update,
     shard_task_grads,
+    step_sharded,
 )
 
 # The kernel backend: the same one on every rank and in the single-process check.
-BACKEND = "reference"
+BACKEND = "torch"
 SCENARIOS = {}
 
 
@@ -51,7 +51,7 @@ def _sharded_matches(device, dtype, n, sizes, tol, **kw):
     full = _grads(n, sum(sizes), dtype, device)
     lo = sum(sizes[:rank])
     shard = full[:, lo : lo + sizes[rank]].contiguous()
-    out, info = camegrad_step_sharded(shard, return_info=True, backend=BACKEND, **kw)
+    out, info = step_sharded(shard, return_info=True, backend=BACKEND, **kw)
     ref, ref_info = camegrad_step(full, return_info=True, backend=BACKEND, **kw)
     assert out.shape == (sizes[rank],) and out.dtype == dtype
     err = (out - ref[lo : lo + sizes[rank]]).norm() / ref.norm()
@@ -82,10 +82,10 @@ def sharded_dynamic_range(device):
     lo = sum(sizes[:rank])
     shard = full[:, lo : lo + sizes[rank]].contiguous()
     g64 = full.double()
-    out = camegrad_step_sharded(shard, backend=BACKEND)
+    out = step_sharded(shard, backend=BACKEND)
     want = reference.camegrad_step(g64)[lo : lo + sizes[rank]]
     assert (out.double() - want).norm() <= 1e-4 * want.norm()
-    out = camegrad_step_sharded(shard, backend=BACKEND, method="cagrad")
+    out = step_sharded(shard, backend=BACKEND, method="cagrad")
     _, c, _, _ = methods.cagrad_coefficients(g64 @ g64.T, torch.ones(4, dtype=torch.float64), 0.5)
     want = (c @ g64)[lo : lo + sizes[rank]]
     assert (out.double() - want).norm() <= 1e-4 * want.norm()
@@ -111,7 +111,7 @@ def sharded_writes_into_out(device):
     rank = dist.get_rank()
     shard = _grads(3, 10 * (rank + 1), torch.float64, device, seed=rank)
     out = torch.empty(shard.shape[1], dtype=torch.float64, device=device)
-    assert camegrad_step_sharded(shard, out=out, backend=BACKEND) is out
+    assert step_sharded(shard, out=out, backend=BACKEND) is out
 
 
 @scenario
@@ -134,20 +134,20 @@ def sharded_pcgrad_seed_from_the_global_generator(device):
     rank, world = dist.get_rank(), dist.get_world_size()
     full = _grads(4, 30 * world, torch.float64, device)
     torch.manual_seed(5)  # alike on every rank: one drawn seed, checked by the descriptor
-    out = camegrad_step_sharded(full[:, 30 * rank : 30 * rank + 30].contiguous(), method="pcgrad")
+    out = step_sharded(full[:, 30 * rank : 30 * rank + 30].contiguous(), method="pcgrad")
     torch.manual_seed(5)  # the same draw for the local step
     ref = camegrad_step(full, method="pcgrad", backend=BACKEND)
     torch.testing.assert_close(out, ref[30 * rank : 30 * rank + 30], rtol=1e-12, atol=1e-12)
     torch.manual_seed(dist.get_rank())
     with pytest.raises(ValueError, match=r"ranks disagree on method_options \(rank 0: hash"):
-        camegrad_step_sharded(_grads(3, 20, torch.float32, device), method="pcgrad")
+        step_sharded(_grads(3, 20, torch.float32, device), method="pcgrad")
 
 
 @scenario
 def ranks_disagree_on_method(device):
     method = "mgda" if dist.get_rank() == 1 else "cagrad"
     with pytest.raises(ValueError, match=r"ranks disagree on method \(rank 0: cagrad, rank 1: mgda"):
-        camegrad_step_sharded(_grads(3, 20, torch.float32, device), method=method)
+        step_sharded(_grads(3, 20, torch.float32, device), method=method)
 
 
 @scenario
@@ -156,8 +156,8 @@ def nonfinite_raises_on_every_rank(device):
     if dist.get_rank() == 0:
         shard[1, 3] = float("nan")
     with pytest.raises(ValueError, match=r"task gradient\(s\) \[1\]"):
-        camegrad_step_sharded(shard, backend=BACKEND)
-    update, info = camegrad_step_sharded(shard, backend=BACKEND, nonfinite="skip", return_info=True)
+        step_sharded(shard, backend=BACKEND)
+    update, info = step_sharded(shard, backend=BACKEND, nonfinite="skip", return_info=True)
     assert bool(info.skipped) and not update.any()
 
 
@@ -165,21 +165,21 @@ def nonfinite_raises_on_every_rank(device):
 def ranks_disagree_on_n(device):
     n = 3 if dist.get_rank() == 0 else 4
     with pytest.raises(ValueError, match=r"ranks disagree on n \(rank 0: 3, rank 1: 4"):
-        camegrad_step_sharded(_grads(n, 20, torch.float32, device), backend=BACKEND)
+        step_sharded(_grads(n, 20, torch.float32, device), backend=BACKEND)
 
 
 @scenario
 def ranks_disagree_on_rho(device):
     rho = 0.6 if dist.get_rank() == dist.get_world_size() - 1 else 0.5
     with pytest.raises(ValueError, match=r"ranks disagree on rho \(rank 0: 0\.5.*0\.6\)$"):
-        camegrad_step_sharded(_grads(3, 20, torch.float32, device), rho=rho, backend=BACKEND)
+        step_sharded(_grads(3, 20, torch.float32, device), rho=rho, backend=BACKEND)
 
 
 @scenario
 def ranks_disagree_on_weights(device):
     weights = [1.0, 1.0, 2.0 if dist.get_rank() == 1 else 1.0]
     with pytest.raises(ValueError, match=r"ranks disagree on weights"):
-        camegrad_step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
+        step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
 
 
 @scenario
@@ -187,7 +187,7 @@ def invalid_input_on_one_rank_raises_everywhere(device):
     weights = [1.0, -1.0, 1.0] if dist.get_rank() == 0 else None
     match = "weights: expected values >= 0" if dist.get_rank() == 0 else r"rank\(s\) \[0\] rejected"
     with pytest.raises(ValueError, match=match):
-        camegrad_step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
+        step_sharded(_grads(3, 20, torch.float32, device), weights, backend=BACKEND)
 
 
 @scenario
@@ -235,7 +235,7 @@ def shard_step_gather_pipeline(device):
         buffer = _grads(3, d, torch.float64, device, seed=rank)
         expected = camegrad_step(average_task_grads(buffer.clone()), backend=BACKEND)
         shard, _ = shard_task_grads(buffer)
-        update = gather_update(camegrad_step_sharded(shard, backend=BACKEND), d)
+        update = gather_update(step_sharded(shard, backend=BACKEND), d)
         torch.testing.assert_close(update, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
 
 
@@ -260,6 +260,9 @@ def _worker(rank: int, world: int, backend: str, init_file: str, result_dir: str
             results[name] = ""
         except Exception:  # noqa: BLE001 -- record it; the next scenario still runs on every rank
             results[name] = traceback.format_exc()
+    # Tear down together: a rank destroying its group while a peer still has gloo
+    # traffic in flight can abort at exit ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
     Path(result_dir, f"{rank}.json").write_text(json.dumps(results))
 

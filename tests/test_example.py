@@ -58,7 +58,7 @@ def test_example_smoke(script, tmp_path, extra, n):
         "--name",
         "smoke",
         "--backend",
-        "reference",
+        "torch",
         "--quiet",
         "--seed",
         "1",
@@ -88,7 +88,7 @@ def test_example_smoke(script, tmp_path, extra, n):
             "combine",
             "optimizer",
         }
-        assert rec["backend"] == "reference"
+        assert rec["backend"] == "torch"
     # linear scalarization runs with stages=(): its coefficients are the weights
     weights = metrics["config"]["weights"] or [1.0] * n
     assert on_disk["runs"]["linear"]["coeffs"][0] == pytest.approx(weights)
@@ -96,7 +96,7 @@ def test_example_smoke(script, tmp_path, extra, n):
 
 def test_example_method_pcgrad(script, tmp_path):
     argv = ["--method", "pcgrad", "--steps", "3", "--eval-every", "2", "--batch", "16"]
-    argv += ["--out", str(tmp_path), "--name", "pc", "--backend", "reference", "--quiet"]
+    argv += ["--out", str(tmp_path), "--name", "pc", "--backend", "torch", "--quiet"]
     metrics = script.main(argv)
     on_disk = json.loads((tmp_path / "pc" / "metrics.json").read_text())
     assert list(on_disk["runs"]) == ["linear", "pcgrad"] == list(metrics["runs"])
@@ -120,7 +120,7 @@ def test_example_is_deterministic(script, tmp_path):
         "--out",
         str(tmp_path),
         "--backend",
-        "reference",
+        "torch",
         "--quiet",
     ]
     a = script.main(argv + ["--name", "a"])

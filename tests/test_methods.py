@@ -1,4 +1,4 @@
-"""The baseline methods (methods.py), method= in the API, the CAME_Grad wrapper, the presets."""
+"""The baseline methods (camegrad_kernels/methods/), method= in the API, the CAME_Grad wrapper, the presets."""
 
 from __future__ import annotations
 
@@ -170,8 +170,7 @@ def _expected(method: str, G: torch.Tensor, w: list[float], rho: float, options:
         return ck.reference.camegrad_step(g, w, rho=rho)
     M = g @ g.T
     wt = torch.tensor(w, dtype=F64)
-    opts = methods.check_method(method, options)
-    _, c, _, _ = methods.coefficients(backends.load("reference"), method, M, wt, rho, opts)
+    c = ck.coefficients(M, method, wt, rho=rho, method_options=options, backend="torch").coeffs
     return c @ g
 
 
@@ -195,7 +194,10 @@ def test_every_method_on_every_backend(backend, method, options):
     u, info = ck.camegrad_step(
         G, w, rho=0.4, method=method, method_options=options, backend=backend, return_info=True
     )
-    assert u.dtype == torch.float32 and info.backend == backend
+    # Linear scalarization has no native solver (nothing to solve): its solve is torch's.
+    solved_by = "torch" if method == "linear" else backend
+    assert info.backends == {"gram": backend, "solve": solved_by, "combine": backend}
+    assert u.dtype == torch.float32
     expect = _expected(method, G, w, 0.4, options)
     assert float((u.double() - expect).norm()) <= 1e-5 * float(expect.norm())
     co = ck.camegrad_coefficients(
@@ -443,7 +445,7 @@ def test_camegrad_preset():
 
 # --------------------------------------------------------------------------- native solvers
 
-NATIVE = [name for name in ck.available_backends() if name != "reference"]
+NATIVE = [name for name in ck.available_backends() if name != "torch"]
 # Without a GPU the Triton kernels run under the (slow) interpreter.
 INTERPRETED = not torch.cuda.is_available()
 KINDS = ["random", "conflicting", "collinear", "opposing", "zero"]
@@ -456,9 +458,9 @@ def _native_cases(n: int, kind: str, dtype: torch.dtype, seed: int):
     w = (torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=F64) + 0.2).to(dtype)
     order = methods.pcgrad_order(n, seed)
     return [
-        *[("cagrad_coefficients", (M, w, 0.4, r)) for r in (0, 1, 2)],
-        *[("mgda_coefficients", (M, w, nz)) for nz in ("none", "l2")],
-        *[("pcgrad_coefficients", (M, w, order, red)) for red in ("sum", "mean")],
+        *[("cagrad", (M, w, 0.4, r)) for r in (0, 1, 2)],
+        *[("mgda", (M, w, nz)) for nz in ("none", "l2")],
+        *[("pcgrad", (M, w, order, red)) for red in ("sum", "mean")],
     ]
 
 
@@ -466,7 +468,7 @@ def _native_cases(n: int, kind: str, dtype: torch.dtype, seed: int):
 @pytest.mark.parametrize("n,kind", [(1, "random"), (3, "conflicting"), (5, "random")]
                          + [(4, kind) for kind in KINDS])
 def test_native_solvers_match_methods(backend, n, kind):
-    """Each backend's native baseline solvers against methods.py (float64, all options)."""
+    """Each backend's native baseline solvers against the methods' torch solves (float64, all options)."""
     if backend == "triton" and INTERPRETED and (n, kind) != (3, "conflicting"):
         # ~20 s each under the interpreter: one geometry here, the rest in test_triton.py.
         pytest.skip("the Triton interpreter is slow: its geometries run in tests/test_triton.py")
@@ -474,8 +476,8 @@ def test_native_solvers_match_methods(backend, n, kind):
     unique = kind in ("random", "conflicting")  # full rank: alpha is unique
     for dtype, tol in ((F64, 1e-9), (torch.float32, 1e-5)):
         for name, args in _native_cases(n, kind, dtype, seed=n):
-            got = getattr(module, name)(*args)
-            want = getattr(methods, name)(*args)
+            got = module.solvers()[name](*args)
+            want = methods.get(name).solve(*args)
             assert [t.dtype for t in got] == [dtype] * 3 + [torch.bool], name
             for a, b in zip(got, want):
                 assert torch.equal(a.isnan(), b.isnan()), (name, a, b)
@@ -507,11 +509,11 @@ def test_native_solvers_nonfinite_and_bad_order(backend):
     bad = M.clone()
     bad[0, 2] = float("inf")
     for name, args in _native_cases(3, "random", F64, seed=0):
-        alpha, coeffs, gap, skipped = getattr(module, name)(bad, *args[1:])
+        alpha, coeffs, gap, skipped = module.solvers()[name](bad, *args[1:])
         assert bool(skipped) and torch.equal(coeffs, torch.zeros(3, dtype=F64)), name
         assert alpha.isnan().all() and gap.isnan(), name
     # Out-of-range and self entries of an order are skipped, not read.
     order = torch.tensor([[0, 7, -1], [1, -5, 3], [9, 2, 2]])
-    got = module.pcgrad_coefficients(M, w, order, "sum")
+    got = module.solvers()["pcgrad"](M, w, order, "sum")
     torch.testing.assert_close(got[1], methods.pcgrad_coefficients(M, w, order, "sum")[1])
     torch.testing.assert_close(got[1], torch.ones(3, dtype=F64))

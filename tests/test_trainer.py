@@ -82,7 +82,7 @@ def test_update_matches_reference(dtype, tol, weights):
     x, y = batch(dtype=dtype)
     G, _, _ = slow_task_grads(model, x, y)
     assert G[2, :5].abs().max() == 0  # task 2 does not reach trunk.extra (listed first)
-    cg = CAMEGrad(model.trunk.parameters(), weights, backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), weights, backend="torch")
     info = cg.backward(model.losses(x, y))
     expected, ref_info = reference.camegrad_step(G, weights, return_info=True)
     got = flat_grad(shared(model)).double()
@@ -101,7 +101,7 @@ def test_update_matches_reference(dtype, tol, weights):
     pairs = torch.stack([cos[0, 1], cos[0, 2], cos[1, 2]])
     assert float(info.negative_ratio) == pytest.approx(float((pairs < 0).double().mean()))
     assert info.losses.shape == (3,)
-    assert info.backend == "reference"
+    assert info.backend == "torch"
 
 
 def _native(name):
@@ -114,7 +114,7 @@ def _native(name):
         pytest.skip(f"backend {name!r} cannot run CPU tensors here: {reason}")
 
 
-@pytest.mark.parametrize("backend", [b for b in backends.PRIORITY if b != "reference"])
+@pytest.mark.parametrize("backend", [b for b in backends.PRIORITY if b != "torch"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-10)])
 def test_update_matches_reference_native_backends(backend, dtype, tol):
     _native(backend)
@@ -137,7 +137,7 @@ def test_non_shared_params_get_weighted_sum(weights):
     w = weights or [1.0, 1.0, 1.0]
     # a pre-existing .grad is accumulated into, like a normal backward
     others[0].grad = torch.ones_like(others[0])
-    CAMEGrad(model.trunk.parameters(), weights, backend="reference").backward(model.losses(x, y))
+    CAMEGrad(model.trunk.parameters(), weights, backend="torch").backward(model.losses(x, y))
     for k, p in enumerate(others):
         expected = sum(w[i] * per_task[i][k] for i in range(3))
         if k == 0:
@@ -149,7 +149,7 @@ def test_non_shared_params_get_weighted_sum(weights):
 def test_hooks_are_removed_and_other_backwards_unaffected():
     model = make()
     x, y = batch()
-    cg = CAMEGrad(model.trunk.parameters(), [3.0, 3.0, 3.0], backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), [3.0, 3.0, 3.0], backend="torch")
     cg.backward(model.losses(x, y))
     model.zero_grad(set_to_none=True)
     sum(model.losses(x, y)).backward()  # a plain backward afterwards: no scaling left over
@@ -161,7 +161,7 @@ def test_linear_scalarization_equals_weighted_sum_backward():
     model = make()
     twin = copy.deepcopy(model)
     x, y = batch()
-    CAMEGrad(model.trunk.parameters(), WEIGHTS, stages=(), backend="reference").backward(
+    CAMEGrad(model.trunk.parameters(), WEIGHTS, stages=(), backend="torch").backward(
         model.losses(x, y)
     )
     sum(w * l for w, l in zip(WEIGHTS, twin.losses(x, y))).backward()
@@ -179,7 +179,7 @@ def test_task_reaching_no_shared_param_gives_zero_row():
     losses[1] = model.heads[1].bias.pow(2).sum()  # requires grad, never touches the trunk
     G, _, _ = slow_task_grads(model, x, y)
     G[1] = 0
-    cg = CAMEGrad(model.trunk.parameters(), backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), backend="torch")
     info = cg.backward(losses)
     assert cg.grads[1].abs().max() == 0
     assert info.task_norms[1] == 0 and (info.cosines[1, [0, 2]] == 0).all()
@@ -199,7 +199,7 @@ def test_task_reaching_no_shared_param_gives_zero_row():
 def test_no_new_buffers_across_steps_and_optimizers_step():
     model = make()
     sh = shared(model)
-    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="torch")
     opt = torch.optim.AdamW(
         [{"params": sh, "lr": 1e-2}, {"params": [p for p in model.heads.parameters()], "lr": 5e-3}],
         weight_decay=0.01,
@@ -226,7 +226,7 @@ def test_no_new_buffers_across_steps_and_optimizers_step():
 def test_sgd_steps_exactly_on_the_update():
     model = make()
     sh = shared(model)
-    cg = CAMEGrad(sh, backend="reference")
+    cg = CAMEGrad(sh, backend="torch")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt.zero_grad(set_to_none=False)  # zeroing in place must not break anything either
     cg.backward(model.losses(*batch()))
@@ -239,7 +239,7 @@ def test_sgd_steps_exactly_on_the_update():
 
 def test_number_of_tasks_is_fixed():
     model = make()
-    cg = CAMEGrad(model.trunk.parameters(), backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), backend="torch")
     cg.backward(model.losses(*batch()))
     with pytest.raises(ValueError, match="losses: expected 3 losses"):
         cg.backward(model.losses(*batch())[:2])
@@ -247,11 +247,11 @@ def test_number_of_tasks_is_fixed():
 
 def test_single_task_and_tensor_of_losses():
     model = make()
-    cg = CAMEGrad(model.trunk.parameters(), backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), backend="torch")
     info = cg.backward(torch.stack(model.losses(*batch())))
     assert info.coeffs.shape == (3,)
     model2 = make()
-    info = CAMEGrad(model2.trunk.parameters(), backend="reference").backward(
+    info = CAMEGrad(model2.trunk.parameters(), backend="torch").backward(
         model2.losses(*batch())[:1]
     )
     assert torch.isnan(info.negative_ratio)  # no pairs
@@ -269,7 +269,7 @@ def test_bf16_params_with_cpu_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         G, _, _ = slow_task_grads(model, x, y)
         losses = model.losses(x, y)
-    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="torch")
     info = cg.backward(losses)
     assert cg.grads.dtype == torch.bfloat16 and all(
         p.grad.dtype == torch.bfloat16 for p in shared(model)
@@ -289,7 +289,7 @@ def test_fp32_params_with_bf16_autocast():
     x, y = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model.losses(x, y)
-    cg = CAMEGrad(model.trunk.parameters(), backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), backend="torch")
     cg.backward(losses)
     assert cg.grads.dtype == torch.float32
     assert torch.isfinite(cg.update).all() and cg.update.abs().max() > 0
@@ -304,7 +304,7 @@ def test_loss_scaling_homogeneity(scale, eps, rtol):
     # relative weight eps / ||u_rect|| changes by the factor 1/S.
     model = make(dtype=torch.float64)
     x, y = batch(dtype=torch.float64)
-    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, eps=eps, backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, eps=eps, backend="torch")
     info = cg.backward(model.losses(x, y))
     plain = cg.update.clone()
     info_s = cg.backward([scale * l for l in model.losses(x, y)])
@@ -319,11 +319,11 @@ def test_grad_scaler_unscales_to_the_plain_update():
     model = make()
     twin = copy.deepcopy(model)
     x, y = batch()
-    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="reference", nonfinite="propagate")
+    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="torch", nonfinite="propagate")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     info = cg.backward([scaler.scale(l) for l in model.losses(x, y)])
-    cg_plain = CAMEGrad(twin.trunk.parameters(), WEIGHTS, backend="reference")
+    cg_plain = CAMEGrad(twin.trunk.parameters(), WEIGHTS, backend="torch")
     info_plain = cg_plain.backward(twin.losses(x, y))
     torch.testing.assert_close(info.alpha, info_plain.alpha, rtol=1e-4, atol=1e-5)
     scaler.unscale_(opt)
@@ -338,7 +338,7 @@ def test_grad_scaler_unscales_to_the_plain_update():
 def test_propagate_lets_grad_scaler_skip_an_overflow():
     model = make()
     sh = shared(model)
-    cg = CAMEGrad(sh, backend="reference", nonfinite="propagate")
+    cg = CAMEGrad(sh, backend="torch", nonfinite="propagate")
     opt = torch.optim.SGD(sh, lr=0.1)  # shared parameters only: the scaler sees only the update
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     losses = model.losses(*batch())
@@ -356,7 +356,7 @@ def test_nonfinite_raise_and_skip():
     model = make()
     losses = model.losses(*batch())
     losses[2] = losses[2] * float("nan")
-    cg_err = CAMEGrad(model.trunk.parameters(), backend="reference")
+    cg_err = CAMEGrad(model.trunk.parameters(), backend="torch")
     cg_err.update.fill_(7.0)  # pretend a previous step left an update there
     with pytest.raises(ValueError, match=r"task gradient\(s\) \[2\]"):
         cg_err.backward(losses)
@@ -366,7 +366,7 @@ def test_nonfinite_raise_and_skip():
         p.grad.data_ptr() == v.data_ptr() for p, v in zip(sh, CAMEGrad(sh)._views(cg_err.update))
     )
     assert (cg_err.update == 0).all()
-    cg = CAMEGrad(model.trunk.parameters(), backend="reference", nonfinite="skip")
+    cg = CAMEGrad(model.trunk.parameters(), backend="torch", nonfinite="skip")
     losses = model.losses(*batch())
     losses[2] = losses[2] * float("nan")
     info = cg.backward(losses)
@@ -377,16 +377,16 @@ def test_timing_mode_matches_fused_step():
     model = make()
     twin = copy.deepcopy(model)
     x, y = batch()
-    timed = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="reference", timing=True)
+    timed = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="torch", timing=True)
     info_t = timed.backward(model.losses(x, y))
-    info = CAMEGrad(twin.trunk.parameters(), WEIGHTS, backend="reference").backward(
+    info = CAMEGrad(twin.trunk.parameters(), WEIGHTS, backend="torch").backward(
         twin.losses(x, y)
     )
     assert set(timed.timings) == {"backward", "gram", "solve", "combine"}
     assert all(v >= 0 for v in timed.timings.values())
     torch.testing.assert_close(flat_grad(shared(model)), flat_grad(shared(twin)))
     torch.testing.assert_close(info_t.coeffs, info.coeffs)
-    assert info_t.backend == "reference"
+    assert info_t.backend == "torch"
 
 
 _METHOD_CASES = [
@@ -408,7 +408,7 @@ def test_method_update_matches_camegrad_step(method, options, weights, timing):
     x, y = batch(dtype=torch.float64)
     G, _, _ = slow_task_grads(model, x, y)
     cg = CAMEGrad(
-        model.trunk.parameters(), weights, rho=0.4, backend="reference",
+        model.trunk.parameters(), weights, rho=0.4, backend="torch",
         method=method, method_options=options, timing=timing,
     )
     info = cg.backward(model.losses(x, y))
@@ -416,14 +416,14 @@ def test_method_update_matches_camegrad_step(method, options, weights, timing):
         stream = torch.Generator().manual_seed(options["seed"])
         options = {**options, "seed": int(torch.randint(0, 2**62, (), generator=stream))}
     expected, ref_info = ck.camegrad_step(
-        G, weights, rho=0.4, backend="reference", method=method, method_options=options,
+        G, weights, rho=0.4, backend="torch", method=method, method_options=options,
         return_info=True,
     )
     torch.testing.assert_close(flat_grad(shared(model)), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(info.coeffs, ref_info.coeffs, rtol=1e-10, atol=1e-12)
     assert cg.method == method and f"method={method!r}" in repr(cg)
     if method != "linear":  # linear: the same update as CAME-Grad with stages=()
-        plain = ck.camegrad_step(G, weights, rho=0.4, backend="reference")
+        plain = ck.camegrad_step(G, weights, rho=0.4, backend="torch")
         assert not torch.allclose(expected, plain)
 
 
@@ -482,7 +482,7 @@ def test_constructor_errors():
 
 def test_backward_errors():
     model = make()
-    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="reference")
+    cg = CAMEGrad(model.trunk.parameters(), WEIGHTS, backend="torch")
     losses = model.losses(*batch())
     with pytest.raises(ValueError, match="losses: expected at least one"):
         cg.backward([])
@@ -537,7 +537,7 @@ def test_baseline_trainers_are_camegrad_with_a_method(cls, kwargs, method, optio
 def test_pcgrad_trainer_draws_a_fresh_order_every_step():
     model = make(dtype=torch.float64)
     trainer = ck.PCGrad(model.trunk.parameters(), seed=1)
-    seeds = [trainer._solver_options()["method_options"]["seed"] for _ in range(3)]
+    seeds = [trainer.step_config().options["seed"] for _ in range(3)]
     assert len(set(seeds)) == 3
     again = ck.PCGrad(model.trunk.parameters(), seed=1)
-    assert [again._solver_options()["method_options"]["seed"] for _ in range(3)] == seeds
+    assert [again.step_config().options["seed"] for _ in range(3)] == seeds

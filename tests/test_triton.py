@@ -1,4 +1,4 @@
-"""The Triton backend against backends/reference, on CUDA or under the interpreter.
+"""The Triton backend against the torch backend, on CUDA or under the interpreter.
 
 Without CUDA the kernels run on CPU tensors under TRITON_INTERPRET=1, which must
 be set before the kernels are defined (tests/conftest.py should set it too).
@@ -17,8 +17,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not importable")
 
-from camegrad_kernels import methods, solver
-from camegrad_kernels.backends import reference
+from camegrad_kernels import backends, methods, solver
+from camegrad_kernels.backends import torch_ops
 from camegrad_kernels.backends import triton as backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,7 +46,7 @@ def _weights(n: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _both(gram: torch.Tensor, weights: torch.Tensor, stages: int = solver.ALL_STAGES):
     args = (gram, weights, *HYPER.values(), stages)
-    return backend.coefficients(*args), reference.coefficients(*args)
+    return backend.solvers()["camegrad"](*args), torch_ops.solvers()["camegrad"](*args)
 
 
 def _assert_coeffs_close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
@@ -71,7 +71,7 @@ def test_unavailable_reason(monkeypatch):
 def test_gram(n, dtype):
     # d = 2561: three programs of 1024 columns, the last one partly masked.
     g = _grads(n, 2561, dtype, seed=n)
-    got, want = backend.gram(g), reference.gram(g)
+    got, want = backend.gram(g), torch_ops.gram(g)
     # float64 for every dtype: exact products of the inputs, summed in fp64.
     assert got.dtype == want.dtype == torch.float64 and got.shape == (n, n)
     assert torch.equal(got, got.T)
@@ -85,7 +85,7 @@ def test_gram(n, dtype):
     + [(n, torch.float32) for n in (1, 3, 8, 40)],
 )
 def test_coefficients(n, dtype):
-    gram = reference.gram(_grads(n, 301, torch.float64, seed=n)).to(dtype)
+    gram = torch_ops.gram(_grads(n, 301, torch.float64, seed=n)).to(dtype)
     (alpha, coeffs, gap, skipped), (r_alpha, r_coeffs, _, _) = _both(gram, _weights(n, dtype))
     assert [t.dtype for t in (alpha, coeffs, gap, skipped)] == [dtype, dtype, dtype, torch.bool]
     assert not skipped.item()
@@ -96,7 +96,7 @@ def test_coefficients(n, dtype):
 
 @pytest.mark.parametrize("stages", range(8))
 def test_stage_masks(stages):
-    gram = reference.gram(_grads(5, 101, torch.float64, seed=7))
+    gram = torch_ops.gram(_grads(5, 101, torch.float64, seed=7))
     (alpha, coeffs, gap, _), (r_alpha, r_coeffs, _, _) = _both(
         gram, _weights(5, torch.float64), stages
     )
@@ -121,7 +121,7 @@ def _degenerate(case: str) -> torch.Tensor:
         g[2] = 0.0
     elif case == "mu=0":  # opposite pairs: the mean and s vanish
         g = torch.cat([g[:3], -g[:3]])
-    return reference.gram(g)
+    return torch_ops.gram(g)
 
 
 @pytest.mark.parametrize("case", ["collinear", "n>d", "zero", "one zero task", "mu=0"])
@@ -163,9 +163,9 @@ def test_smoothed_dual_matches_torch(case, dtype):
 
 
 def test_non_finite_gram_is_skipped():
-    gram = reference.gram(_grads(4, 50, torch.float32))
+    gram = torch_ops.gram(_grads(4, 50, torch.float32))
     gram[1, 2] = float("nan")
-    alpha, coeffs, gap, skipped = backend.coefficients(
+    alpha, coeffs, gap, skipped = backend.solvers()["camegrad"](
         gram, _weights(4, torch.float32), *HYPER.values(), 7
     )
     assert skipped.item() and skipped.shape == ()
@@ -177,8 +177,8 @@ def test_non_finite_gram_is_skipped():
 @pytest.mark.parametrize("n", [1, 3, 40])
 def test_combine(n, dtype):
     g = _grads(n, 5001, dtype, seed=n)
-    coeffs = _weights(n, reference.accumulate_dtype(dtype))
-    want = reference.combine(g, coeffs, torch.empty(5001, dtype=dtype, device=DEVICE), None)
+    coeffs = _weights(n, torch_ops.accumulate_dtype(dtype))
+    want = torch_ops.combine(g, coeffs, torch.empty(5001, dtype=dtype, device=DEVICE), None)
     out = torch.full((5001,), float("nan"), dtype=dtype, device=DEVICE)
     assert backend.combine(g, coeffs, out, None) is out
     rtol = {torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-13}[dtype]
@@ -200,7 +200,7 @@ def test_bitwise_deterministic():
     grams = [backend.gram(g) for _ in range(2)]
     assert torch.equal(grams[0], grams[1])
     w = _weights(8, torch.float32)
-    first, second = (backend.coefficients(grams[0], w, *HYPER.values(), 7) for _ in range(2))
+    first, second = (backend.solvers()["camegrad"](grams[0], w, *HYPER.values(), 7) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     outs = [
         backend.combine(g, first[1], torch.empty(4099, device=DEVICE), first[3]) for _ in range(2)
@@ -208,31 +208,20 @@ def test_bitwise_deterministic():
     assert torch.equal(outs[0], outs[1])
 
 
-def test_solve_above_64_falls_back_to_torch():
-    # 64 < n <= 128: the Gram stays a Triton kernel, the solves take the torch
-    # path (solve.SOLVE_MAX_N: their [128, 128] register tiles spilled ~30 KB/thread).
-    n = 65
-    gram, w = reference.gram(_grads(n, 32, torch.float64)), _weights(n, torch.float64)
-    (_, coeffs, _, _), (_, r_coeffs, _, _) = _both(gram, w)
-    assert torch.equal(coeffs, r_coeffs)
-    order = methods.pcgrad_order(n, seed=0).to(DEVICE)
-    got = backend.pcgrad_coefficients(gram, w, order, "mean")
-    assert torch.equal(got[1], methods.pcgrad_coefficients(gram, w, order, "mean")[1])
-
-
-def test_large_n_falls_back_to_torch():
-    # n > 128 would spill the register tiles; gram and solve take the torch path.
-    g = _grads(130, 64, torch.float64)
-    gram = backend.gram(g)
-    torch.testing.assert_close(gram, reference.gram(g), rtol=1e-13, atol=1e-12)
-    (_, coeffs, _, _), (_, r_coeffs, _, _) = _both(gram, _weights(130, torch.float64))
-    assert torch.equal(coeffs, r_coeffs)
-    low = backend.gram(g.float())  # the torch path's Gram is float64 too
-    assert low.dtype == torch.float64 and torch.equal(low, reference.gram(g.float()))
+@pytest.mark.parametrize("n,gram_by", [(64, "triton"), (65, "triton"), (128, "triton"), (130, "torch")])
+def test_large_n_falls_back_to_torch(n, gram_by):
+    """Beyond SOLVE_MAX_N the solves, beyond MAX_N the Gram, run with the torch backend
+    (their register tiles would spill), as the plan says and info.backends reports."""
+    plan = backends.resolve("triton", torch.device(DEVICE), torch.float64, n)
+    assert plan.gram.backend == gram_by and plan.combine.backend == "triton"
+    solved_by = "triton" if n <= 64 else "torch"
+    assert {name: p.backend for name, p in plan.solvers.items() if name != "linear"} == {
+        name: solved_by for name in methods.METHODS if name != "linear"
+    }
 
 
 # The baselines (triton_ops: cagrad in solve.py, mgda and pcgrad in methods.py)
-# against methods.py, the torch-ops ground truth (float64 inside).
+# against the methods' torch solves, the ground truth (float64 inside).
 METHOD_RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
@@ -249,7 +238,7 @@ def _method_gram(case: str, n: int, dtype: torch.dtype) -> torch.Tensor:
         g = torch.randn(n, 6, generator=gen, dtype=torch.float64).to(DEVICE)
     else:
         raise ValueError(case)
-    return reference.gram(g).to(dtype)
+    return torch_ops.gram(g).to(dtype)
 
 
 def _check_method(got, want, dtype: torch.dtype, solved: bool) -> None:
@@ -281,7 +270,7 @@ def _check_method(got, want, dtype: torch.dtype, solved: bool) -> None:
 )
 def test_cagrad(case, n, dtype, rescale):
     gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
-    got = backend.cagrad_coefficients(gram, w, 0.5, rescale)
+    got = backend.solvers()["cagrad"](gram, w, 0.5, rescale)
     _check_method(got, methods.cagrad_coefficients(gram, w, 0.5, rescale), dtype, True)
 
 
@@ -299,7 +288,7 @@ def test_cagrad(case, n, dtype, rescale):
 )
 def test_mgda(case, n, dtype, normalization):
     gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
-    got = backend.mgda_coefficients(gram, w, normalization)
+    got = backend.solvers()["mgda"](gram, w, normalization)
     _check_method(got, methods.mgda_coefficients(gram, w, normalization), dtype, True)
 
 
@@ -319,7 +308,7 @@ def test_mgda(case, n, dtype, normalization):
 def test_pcgrad(case, n, dtype, reduction):
     gram, w = _method_gram(case, n, dtype), _weights(n, dtype)
     order = methods.pcgrad_order(n, seed=n).to(DEVICE)
-    got = backend.pcgrad_coefficients(gram, w, order, reduction)
+    got = backend.solvers()["pcgrad"](gram, w, order, reduction)
     _check_method(got, methods.pcgrad_coefficients(gram, w, order, reduction), dtype, False)
 
 
@@ -329,7 +318,7 @@ def test_pcgrad_bad_order_entries_are_skipped():
     order = methods.pcgrad_order(n, seed=2).to(DEVICE)
     bad = order.clone()
     bad[0, 1], bad[3, 0], bad[4, 4] = n, -1, 2**40  # out of range: skipped
-    got = backend.pcgrad_coefficients(gram, w, bad, "sum")
+    got = backend.solvers()["pcgrad"](gram, w, bad, "sum")
     # The torch code skips j == i: the same steps with the bad entries set so.
     ref_order = torch.where((bad >= 0) & (bad < n), bad, torch.arange(n, device=DEVICE)[:, None])
     want = methods.pcgrad_coefficients(gram, w, ref_order, "sum")
@@ -346,25 +335,7 @@ def test_methods_non_finite_gram_is_skipped(method):
         "mgda": ("l2",),
         "pcgrad": (methods.pcgrad_order(n, seed=0).to(DEVICE), "mean"),
     }[method]
-    alpha, coeffs, gap, skipped = getattr(backend, f"{method}_coefficients")(gram, w, *args)
+    alpha, coeffs, gap, skipped = backend.solvers()[method](gram, w, *args)
     assert skipped.dtype == torch.bool and skipped.shape == () and skipped.item()
     assert torch.equal(coeffs, torch.zeros_like(coeffs))
     assert torch.isnan(alpha).all().item() and torch.isnan(gap).item()
-
-
-def test_methods_large_n_fall_back_to_torch():
-    n = 130
-    gram, w = reference.gram(_grads(n, 64, torch.float64)), _weights(n, torch.float64)
-    order = methods.pcgrad_order(n, seed=0).to(DEVICE)
-    for got, want in [
-        (
-            backend.cagrad_coefficients(gram, w, 0.5, 2),
-            methods.cagrad_coefficients(gram, w, 0.5, 2),
-        ),
-        (backend.mgda_coefficients(gram, w, "l2"), methods.mgda_coefficients(gram, w, "l2")),
-        (
-            backend.pcgrad_coefficients(gram, w, order, "sum"),
-            methods.pcgrad_coefficients(gram, w, order, "sum"),
-        ),
-    ]:
-        assert torch.equal(got[1], want[1])

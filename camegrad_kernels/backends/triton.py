@@ -7,25 +7,34 @@ CUDA tensors run compiled; CPU tensors run only under Triton's interpreter
 
 from __future__ import annotations
 
-import functools
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from .reference import accumulate_dtype
+from .. import methods
+from ..dtypes import accumulate_dtype
 
 NAME = "triton"
+# triton_ops.gram.MAX_N and triton_ops.solve.SOLVE_MAX_N (tests/test_backends.py
+# checks): beyond them the tiles spill, and the torch pass runs instead.
+MAX_TASKS = {"gram": 128, "solve": 64}
 
 
-@functools.cache
+_IMPORT_ERROR: list[str | None] = []  # filled on first use (a plain list: torch.compile reads it)
+
+
 def _import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - not installed, or broken against this torch
-        return f"triton is not importable ({exc})"
-    return None
+    if not _IMPORT_ERROR:
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - not installed, or broken against this torch
+            _IMPORT_ERROR.append(f"triton is not importable ({exc})")
+        else:
+            _IMPORT_ERROR.append(None)
+    return _IMPORT_ERROR[0]
 
 
 def _ops() -> ModuleType:
@@ -54,30 +63,15 @@ def gram(grads: Tensor) -> Tensor:
     return _ops().gram(grads)
 
 
-def coefficients(
-    gram: Tensor, weights: Tensor, rho: float, kappa: float, nu: float, eps: float, stages: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _ops().coefficients(gram, weights, rho, kappa, nu, eps, stages)
-
-
-def cagrad_coefficients(
-    gram: Tensor, weights: Tensor, rho: float, rescale: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _ops().cagrad_coefficients(gram, weights, rho, rescale)
-
-
-def mgda_coefficients(
-    gram: Tensor, weights: Tensor, normalization: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _ops().mgda_coefficients(gram, weights, normalization)
-
-
-def pcgrad_coefficients(
-    gram: Tensor, weights: Tensor, order: Tensor, reduction: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _ops().pcgrad_coefficients(gram, weights, order, reduction)
-
-
 def combine(grads: Tensor, coeffs: Tensor, out: Tensor, skip: Tensor | None) -> Tensor:
     # float64 coefficients (the Gram's dtype) rounded to the combine's dtype.
     return _ops().combine(grads, coeffs.to(accumulate_dtype(grads.dtype)), out, skip)
+
+
+def solvers() -> dict[str, Callable[..., methods.SolveResult]]:
+    ops = _ops()
+    return {
+        name: getattr(ops, spec.native_op)
+        for name, spec in methods.REGISTRY.items()
+        if spec.native_op is not None
+    }

@@ -22,13 +22,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backends.reference import gram as _torch_gram
-from ..backends.reference import gram_dtype
+from ..dtypes import gram_dtype
 from .options import FP_FUSION
 
 # The register tiles are [NPAD, NPAD] and [NPAD, BLOCK_D]: beyond this n the
 # kernel would spill (it fits at NPAD = 128 only with 8 warps, _configs_that_fit),
-# and the torch fallback is the better choice.
+# and the torch pass is the better choice (backends/triton.py MAX_TASKS).
 MAX_N = 128
 # Columns per program are a multiple of GRAIN, so every BLOCK_D divides them.
 GRAIN = 512
@@ -129,8 +128,6 @@ def gram(grads: Tensor) -> Tensor:
     """grads [n, d] contiguous fp16/bf16/fp32/fp64 -> M [n, n] float64."""
     n, d = grads.shape
     acc = gram_dtype(grads.dtype)
-    if n > MAX_N:
-        return _torch_gram(grads)  # fixed fp64 column chunks (backends/reference.py)
     programs, chunk = split(d)
     npad = max(16, triton.next_power_of_2(n))
     ws = torch.empty((programs, n, n), dtype=acc, device=grads.device)

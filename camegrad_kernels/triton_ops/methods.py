@@ -23,9 +23,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import methods, solver
+from .. import solver
 from .options import FP_FUSION
-from .solve import INF, KEEP_NAN, NAN, SOLVE_MAX_N, TINY, _diag_max, _solve_dual, solve_options
+from .solve import INF, KEEP_NAN, NAN, TINY, _diag_max, _solve_dual, solve_options
 
 
 @triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
@@ -160,9 +160,6 @@ def mgda_coefficients(
     if normalization not in ("none", "l2"):
         raise ValueError(f"normalization: expected 'none' or 'l2', got {normalization!r}")
     n = gram.shape[0]
-    if n > SOLVE_MAX_N:
-        # The register tiles would spill (solve.SOLVE_MAX_N); the torch code is the same algorithm.
-        return methods.mgda_coefficients(gram, weights, normalization)
     npad = max(16, triton.next_power_of_2(n))
     alpha, coeffs, gap, skipped = _outputs(gram)
     _mgda_kernel[(1,)](
@@ -196,8 +193,6 @@ def pcgrad_coefficients(
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
     n = gram.shape[0]
-    if n > SOLVE_MAX_N:
-        return methods.pcgrad_coefficients(gram, weights, order, reduction)
     if order.shape != (n, n) or order.dtype != torch.int64:
         raise ValueError(f"order: expected [{n}, {n}] int64, got {list(order.shape)} {order.dtype}")
     npad = max(16, triton.next_power_of_2(n))

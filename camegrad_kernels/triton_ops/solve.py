@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import methods, solver
+from .. import solver
 from .options import FP_FUSION
 
 # The one-program solves (this module and methods.py) hold [NPAD, NPAD] float64
@@ -36,8 +36,9 @@ from .options import FP_FUSION
 # 3.6-3.9): no spill up to NPAD = 32; at NPAD = 64 (16 warps, 128 registers a
 # thread) the dual solves (this kernel, MGDA) spill ~0.7-1.4 KB a thread, within
 # that check's 2 KiB budget (PCGrad: none). At NPAD = 128 they spilled ~30 KB a
-# thread, so n > 64 takes the torch solver (the same algorithm, on the device,
-# no host sync), as the CUDA solve does above its kSolveMaxN = 64.
+# thread, so for n > 64 the backend registry (backends/triton.py MAX_TASKS) runs
+# the torch solve (the same algorithm, on the device, no host sync), as it does
+# for the CUDA solve above its kSolveMaxN = 64.
 SOLVE_MAX_N = 64
 
 
@@ -447,9 +448,6 @@ def coefficients(
     gram [n, n] float32/float64 contiguous, weights [n] in its dtype and on its
     device; the outputs are in gram's dtype (skipped is bool).
     """
-    if gram.shape[0] > SOLVE_MAX_N:
-        # The register tiles would spill; the torch solver is the same algorithm.
-        return solver.camegrad_coefficients(gram, weights, rho, kappa, nu, eps, stages)
     return _launch(gram, weights, rho, kappa, nu, eps, stages, False, 1.0)
 
 
@@ -469,8 +467,6 @@ def cagrad_coefficients(
     in gram's dtype: float32 grams differ by that rounding).
     """
     factor = _cagrad_factor(rho, rescale)
-    if gram.shape[0] > SOLVE_MAX_N:
-        return methods.cagrad_coefficients(gram, weights, rho, rescale)
     return _launch(gram, weights, rho, 1.0, 0.0, 0.0, solver.RECTIFY, True, factor)
 
 

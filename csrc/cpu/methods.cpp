@@ -1,5 +1,5 @@
 // The torch wrappers of the baseline solvers (methods.h): float64 work, results
-// in the Gram's dtype, as camegrad_kernels/methods.py computes them.
+// in the Gram's dtype, as camegrad_kernels/methods/ computes them.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 

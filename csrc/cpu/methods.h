@@ -1,4 +1,4 @@
-// The baselines of camegrad_kernels/methods.py (CAGrad, MGDA, PCGrad) on raw
+// The baselines of camegrad_kernels/methods/ (CAGrad, MGDA, PCGrad) on raw
 // double arrays: a line-by-line port of that file (read it for the maths and
 // the conventions), built on the CAME-Grad solver of solver.h.
 //

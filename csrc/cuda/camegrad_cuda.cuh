@@ -59,7 +59,7 @@ template <typename A>
 cudaError_t launch_solve(const A* M, const A* w, int64_t n, double rho, double kappa, double nu, double eps,
                          int stages, A* alpha, A* coeffs, A* gap, uint8_t* skipped, cudaStream_t stream);
 
-// The baselines of camegrad_kernels/methods.py on M [n, n] and weights w [n]
+// The baselines of camegrad_kernels/methods/ on M [n, n] and weights w [n]
 // (A = float or double; n up to kSolveMaxN), in double by one thread block,
 // with the outputs of launch_solve (alpha and the gap NaN for PCGrad).
 // CAGrad (rescale 0, 1 or 2) and MGDA (l2: normalization "l2") run the solve

@@ -5,7 +5,7 @@
 // so all data-dependent decisions are uniform. The work is fixed (the loop
 // counts of solver.py), the only host-side work is the launch.
 //
-// The same kernel runs two baselines of camegrad_kernels/methods.py on the
+// The same kernel runs two baselines of camegrad_kernels/methods/ on the
 // weighted Gram Mw = M w w^T: CAGrad (CAME-Grad's Stage 1 with weights 1) and
 // MGDA (the dual with b = 0: the min-norm point of the convex hull).
 //
