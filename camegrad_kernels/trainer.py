@@ -77,6 +77,8 @@ from torch import Tensor, nn
 from . import backends, core, devices, methods, validation
 from .core import StepInfo
 from .dtypes import accumulate_dtype
+from .leaf_weights import weighted_leaves
+from .task_grads import TaskGradBuffer, check_losses, shared_list
 from .validation import DEFAULT_STAGES, Weights
 
 _NONFINITE = ("raise", "skip", "propagate")
@@ -95,75 +97,21 @@ class TrainStepInfo(StepInfo):
     negative_ratio: Tensor = None  # type: ignore[assignment]
     losses: Tensor = None  # type: ignore[assignment]
 
-
-def _shared_list(shared_params: object) -> list[Tensor]:
-    if isinstance(shared_params, nn.Module):
-        shared_params = shared_params.parameters()
-    if isinstance(shared_params, Tensor):
-        shared_params = [shared_params]
-    try:
-        items = list(shared_params)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            "shared_params: expected an iterable of tensors (e.g. model.encoder.parameters()), "
-            f"got {type(shared_params).__name__}"
-        ) from None
-    params: list[Tensor] = []
-    seen: set[int] = set()
-    for k, p in enumerate(items):
-        if not isinstance(p, Tensor):
-            raise TypeError(f"shared_params[{k}]: expected a torch.Tensor, got {type(p).__name__}")
-        if not p.requires_grad or id(p) in seen:  # frozen parameters are ignored
-            continue
-        if not p.is_leaf:
-            raise ValueError(
-                f"shared_params[{k}]: expected a leaf tensor (a parameter), got a non-leaf"
-            )
-        if p.is_sparse or p.layout != torch.strided:
-            raise TypeError(
-                f"shared_params[{k}]: expected a dense (strided) tensor, got {p.layout}"
-            )
-        seen.add(id(p))
-        params.append(p)
-    if not params:
-        raise ValueError(
-            "shared_params: expected at least one parameter with requires_grad=True, got none"
+    @classmethod
+    def of(cls, info: StepInfo, losses: Sequence[Tensor]) -> TrainStepInfo:
+        """``info`` with the diagnostics of a step on ``losses`` (device ops, no sync)."""
+        gram = info.gram
+        n = gram.shape[0]
+        upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=gram.device), diagonal=1)
+        values = {f.name: getattr(info, f.name) for f in fields(StepInfo)}
+        return cls(
+            **values,
+            task_norms=torch.sqrt(torch.diagonal(gram).clamp_min(0.0)),
+            negative_ratio=(info.cosines[upper] < 0).to(gram.dtype).mean(),
+            losses=torch.stack(
+                [loss.detach().reshape(()).to(gram.device, gram.dtype) for loss in losses]
+            ),
         )
-    dtypes = sorted({str(p.dtype) for p in params})
-    if len(dtypes) > 1:
-        raise TypeError(
-            f"shared_params: expected one dtype for all shared parameters, got {dtypes}; "
-            "cast them to one dtype (use torch.autocast for mixed-precision compute)"
-        )
-    if params[0].dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(
-            f"shared_params: expected a float16/bfloat16/float32/float64 dtype, got {params[0].dtype}"
-        )
-    devices = sorted({str(p.device) for p in params})
-    if len(devices) > 1:
-        raise ValueError(
-            f"shared_params: expected all shared parameters on one device, got {devices}"
-        )
-    return params
-
-
-def _graph_leaves(roots: Sequence[Tensor]) -> list[Tensor]:
-    """The leaf tensors (AccumulateGrad nodes) reachable from the roots' graphs."""
-    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
-    seen: set[int] = set()
-    keep = []  # hold the node wrappers so that their ids stay unique during the walk
-    leaves = []
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        keep.append(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves.append(variable)
-        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
-    return leaves
 
 
 class CAMEGrad:
@@ -203,7 +151,8 @@ class CAMEGrad:
         method: str = "camegrad",
         method_options: dict | None = None,
     ) -> None:
-        self.params = _shared_list(shared_params)
+        self.buffer = TaskGradBuffer(shared_list(shared_params))
+        self.params = self.buffer.params
         if isinstance(stages, str):
             validation.stage_mask(stages)  # raises the clear TypeError
         stages = tuple(stages)  # an iterator must not be used up by the check
@@ -222,7 +171,6 @@ class CAMEGrad:
         self._clock = 0.0
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
-        self.n = None
         self.set_weights(weights)  # builds self.config: every setting checked once, here
         spec, options = self.config.method, self.config.options
         self.rho, self.kappa, self.nu, self.eps = (
@@ -237,16 +185,7 @@ class CAMEGrad:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self._orders = torch.Generator().manual_seed(seed)
-
-        self.numel = sum(p.numel() for p in self.params)
-        self._shared_ids = {id(p) for p in self.params}
-        self.n: int | None = None
-        self.grads: Tensor | None = None  # [n, d] task gradients of the last call
-        self.update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)  # [d]
-        self._update_views = self._views(self.update)
-        self._row_views: list[list[Tensor]] = []
-        self._pairs: Tensor | None = None
-        self._scale = 1.0  # w_i of the task being backwarded (read by the hooks)
+        self.numel = self.buffer.numel
 
     @classmethod
     def preset(
@@ -308,64 +247,20 @@ class CAMEGrad:
 
     # ------------------------------------------------------------------ helpers
 
-    def _views(self, flat: Tensor) -> list[Tensor]:
-        views, offset = [], 0
-        for p in self.params:
-            views.append(flat[offset : offset + p.numel()].view(p.shape))
-            offset += p.numel()
-        return views
+    @property
+    def grads(self) -> Tensor | None:
+        """The [n, d] task gradients of the last call (None before the first)."""
+        return self.buffer.rows
 
-    def _allocate(self, n: int) -> None:
-        self.n = n
-        self.grads = torch.zeros(n, self.numel, dtype=self.dtype, device=self.device)
-        self._row_views = [self._views(self.grads[i]) for i in range(n)]
-        self._pairs = torch.triu_indices(n, n, offset=1, device=self.device)
+    @property
+    def update(self) -> Tensor:
+        """The [d] update that the shared ``.grad`` views."""
+        return self.buffer.update
 
-    def _check_losses(self, losses: object) -> list[Tensor]:
-        if isinstance(losses, Tensor):
-            if losses.dim() != 1:
-                raise TypeError(
-                    "losses: expected a sequence of n scalar losses (or a 1-D tensor of them), "
-                    f"got a tensor of shape {tuple(losses.shape)}"
-                )
-            losses = list(losses.unbind(0))
-        try:
-            items = list(losses)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(
-                f"losses: expected a sequence of scalar tensors, got {type(losses).__name__}"
-            ) from None
-        if not items:
-            raise ValueError("losses: expected at least one loss, got an empty sequence")
-        for i, loss in enumerate(items):
-            if not isinstance(loss, Tensor):
-                raise TypeError(
-                    f"losses[{i}]: expected a scalar torch.Tensor, got {type(loss).__name__}"
-                )
-            if loss.numel() != 1:
-                raise ValueError(
-                    f"losses[{i}]: expected a scalar loss, got shape {tuple(loss.shape)}"
-                )
-            if not loss.is_floating_point():
-                raise TypeError(f"losses[{i}]: expected a floating-point loss, got {loss.dtype}")
-            if not loss.requires_grad:
-                raise ValueError(
-                    f"losses[{i}]: has no autograd graph (requires_grad=False), so it reaches no "
-                    "shared parameter; was it computed under torch.no_grad() or detached?"
-                )
-        n = len(items)
-        if self.weights is not None and n != len(self.weights):
-            raise ValueError(
-                f"losses: expected {len(self.weights)} losses (one per weight), got {n}"
-            )
-        if self.n is not None and n != self.n:
-            raise ValueError(
-                f"losses: expected {self.n} losses (the number fixed at the first call), got {n}"
-            )
-        return items
-
-    def _hook(self, grad: Tensor) -> Tensor | None:
-        return None if self._scale == 1.0 else grad * self._scale
+    @property
+    def n(self) -> int | None:
+        """The number of tasks (fixed at the first call; None before it)."""
+        return self.buffer.n
 
     # ------------------------------------------------------------------ the step
 
@@ -374,37 +269,24 @@ class CAMEGrad:
 
         Returns a :class:`TrainStepInfo` of device tensors (reading them syncs).
         """
-        items = self._check_losses(losses)
+        items = check_losses(losses, None if self.weights is None else len(self.weights), self.n)
         n = len(items)
-        if self.n is None:
-            self._allocate(n)
-        assert self.grads is not None and self._pairs is not None
         if self.timing:
             devices.synchronize(self.device)
             self._clock = time.perf_counter()
-
-        handles = []
-        if self._needs_hooks:
-            for leaf in _graph_leaves(items):
-                if id(leaf) not in self._shared_ids:
-                    handles.append(leaf.register_hook(self._hook))
+        buffer = self.buffer
         try:
-            self.grads.zero_()
-            for i, loss in enumerate(items):
-                for p, view in zip(self.params, self._row_views[i]):
-                    p.grad = view
-                self._scale = 1.0 if self.weights is None else self.weights[i]
-                loss.backward(retain_graph=i < n - 1)
+            with weighted_leaves(items, buffer.shared_ids, self._needs_hooks) as leaf_weights:
+                buffer.allocate(n)
+                for i, loss in enumerate(items):
+                    buffer.point_at_row(i)
+                    leaf_weights.scale = 1.0 if self.weights is None else self.weights[i]
+                    loss.backward(retain_graph=i < n - 1)
         except BaseException:
-            self.update.zero_()
+            buffer.update.zero_()
             raise
         finally:
-            for handle in handles:
-                handle.remove()
-            self._scale = 1.0
-            # Never leave .grad aliasing a task row (e.g. after an error mid-way).
-            for p, view in zip(self.params, self._update_views):
-                p.grad = view
+            buffer.point_at_update()  # never leave .grad aliasing a task row
 
         if self.timing:
             self._lap("backward")
@@ -416,17 +298,7 @@ class CAMEGrad:
         if self.nonfinite == "propagate":
             self.update.masked_fill_(info.skipped, math.nan)
 
-        gram = info.gram
-        pairs = info.cosines[self._pairs[0], self._pairs[1]]
-        values = {f.name: getattr(info, f.name) for f in fields(StepInfo)}
-        return TrainStepInfo(
-            **values,
-            task_norms=torch.sqrt(torch.diagonal(gram).clamp_min(0.0)),
-            negative_ratio=(pairs < 0).to(gram.dtype).mean(),
-            losses=torch.stack(
-                [loss.detach().reshape(()).to(gram.device, gram.dtype) for loss in items]
-            ),
-        )
+        return TrainStepInfo.of(info, items)
 
     def step_config(self) -> core.StepConfig:
         """The config of the next step: the trainer's, with this step's seed for a random method."""

@@ -211,7 +211,7 @@ def test_no_new_buffers_across_steps_and_optimizers_step():
         opt.zero_grad(set_to_none=True)
         info = cg.backward(model.losses(*batch(step)))
         now = (cg.grads.data_ptr(), cg.update.data_ptr(), tuple(p.grad.data_ptr() for p in sh))
-        assert now[2] == tuple(v.data_ptr() for v in cg._views(cg.update))
+        assert now[2] == tuple(v.data_ptr() for v in cg.buffer.views(cg.update))
         if ptrs is None:
             ptrs = now
         assert now == ptrs, "a buffer was reallocated"
@@ -363,7 +363,7 @@ def test_nonfinite_raise_and_skip():
     # after an error the shared .grad is the (zeroed) update buffer, not a task row
     sh = shared(model)
     assert all(
-        p.grad.data_ptr() == v.data_ptr() for p, v in zip(sh, CAMEGrad(sh)._views(cg_err.update))
+        p.grad.data_ptr() == v.data_ptr() for p, v in zip(sh, cg_err.buffer.views(cg_err.update))
     )
     assert (cg_err.update == 0).all()
     cg = CAMEGrad(model.trunk.parameters(), backend="torch", nonfinite="skip")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import solver
 from .options import FP_FUSION
-from .solve import INF, KEEP_NAN, NAN, TINY, _diag_max, _solve_dual, solve_options
+from .solve import INF, KEEP_NAN, NAN, TINY, diag_max, solve_dual, solve_options
 
 
 @triton.jit(do_not_specialize=["n"], do_not_specialize_on_alignment=["n"])
@@ -65,9 +65,9 @@ def _mgda_kernel(
         inv = one
     inv = tl.where(valid, inv, 0.0)
     Mn = Mw * inv[:, None] * inv[None, :]
-    scale = tl.maximum(_diag_max(Mn, valid, rows, cols), TINY, KEEP_NAN)
+    scale = tl.maximum(diag_max(Mn, valid, rows, cols), TINY, KEEP_NAN)
     b = tl.zeros([NPAD], tl.float64)
-    alpha = _solve_dual(Mn, b, tl.sqrt(scale), valid, rows, cols, n, nf, ITERS, POLISH)
+    alpha = solve_dual(Mn, b, tl.sqrt(scale), valid, rows, cols, n, nf, ITERS, POLISH)
     alpha = tl.maximum(alpha, 0.0, KEEP_NAN)
     # A singular Mn can leave 1^T alpha off by ~1e-10: back onto the simplex.
     total = tl.sum(alpha, axis=0)

@@ -204,7 +204,7 @@ def _face_solve(M, b, s, support, valid, rows, cols, n, nf):
 
 
 @triton.jit
-def _diag_max(M, valid, rows, cols):
+def diag_max(M, valid, rows, cols):
     diag = tl.sum(tl.where(rows[:, None] == cols[None, :], M, 0.0), axis=1)
     return tl.max(tl.where(valid, diag, -INF), axis=0)
 
@@ -264,9 +264,9 @@ def _dual_step(Mh, bh, sh, alpha, Ma, r, grad, eta, wd, valid):
 
 
 @triton.jit
-def _solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: tl.constexpr):
+def solve_dual(M, b, s, valid, rows, cols, n, nf, ITERS: tl.constexpr, POLISH: tl.constexpr):
     """solver.solve_dual."""
-    scale = tl.maximum(_diag_max(M, valid, rows, cols), TINY, KEEP_NAN)
+    scale = tl.maximum(diag_max(M, valid, rows, cols), TINY, KEEP_NAN)
     Mh = M / scale
     bh = b / scale
     sh = s / tl.sqrt(scale)
@@ -402,7 +402,7 @@ def _coefficients_kernel(
         top = tl.argmax(tl.where(valid, diag, -INF), axis=0, tie_break_left=True)
         br = tl.where(zero, tl.sum(tl.where(rows == top, b, 0.0), axis=0), b)  # exact: one entry
         Ms = _rectified_gram(M, zero, top, rows, cols, gamma)
-        alpha = _solve_dual(Ms, br, s, valid, rows, cols, n, nf, ITERS, POLISH)
+        alpha = solve_dual(Ms, br, s, valid, rows, cols, n, nf, ITERS, POLISH)
         # M and Ms are not kept across the solve: loaded and formed again, the same bits.
         M, skipped = _load_gram(m_ptr, w, rows, cols, n, both, CAGRAD, True)
         k = _rectify_scale(_rectified_gram(M, zero, top, rows, cols, gamma), s, alpha)
