@@ -26,15 +26,16 @@ STAGE_FLAGS = {"rectify": RECTIFY, "rescale": RESCALE, "fuse": FUSE}
 # Fixed work: projected-gradient iterations of the dual, with an exact face solve
 # every POLISH_EVERY of them. 128 closes the gap to rounding on every full-rank
 # case we test; rank-deficient Grams (n > d) can need more (README, Limits).
-# Keep in step with csrc/cpu/solver.h (the CUDA solver uses it too).
+# The C++ and CUDA solvers read csrc/cpu/solver.h: tests/test_constants.py checks it.
 DUAL_ITERS = 128
 POLISH_EVERY = 8
+POWER_ITERS = 16  # power iterations for the curvature bound lambda_max
 # gamma = max(SMOOTHING_DATA eps(Gram), SMOOTHING_WORK eps(work)), see smoothing().
-# Keep in step with csrc/cpu/solver.h.
+# Checked against csrc/cpu/solver.h by tests/test_constants.py.
 SMOOTHING_DATA = 16.0
 SMOOTHING_WORK = 1e5
 # Floor of the scaled (max 1) diagonal in the projected-gradient metric and the face
-# solve's scaling: a zero gradient stays finite. Keep in step with solver.h.
+# solve's scaling: a zero gradient stays finite (tests/test_constants.py).
 PRECOND_FLOOR = 1e-30
 
 
@@ -114,7 +115,7 @@ def _segment_step(beta: Tensor, p: Tensor, q: Tensor, m: Tensor, s: Tensor) -> T
     return t_best
 
 
-def _power_lambda_max(M: Tensor, iters: int = 16) -> Tensor:
+def _power_lambda_max(M: Tensor, iters: int = POWER_ITERS) -> Tensor:
     """An estimate of lambda_max(M) from a fixed number of power iterations.
 
     Starts from the ramp 1, 2, ..., n: M is P M P here and P removes the ones.

@@ -1,7 +1,8 @@
 """The CUDA backend: ``torch.ops.camegrad`` ops implemented in csrc/cuda/.
 
-The kernels cover up to MAX_TASKS["gram"] tasks for the Gram pass and
-MAX_TASKS["solve"] for the one-block solvers (csrc/cuda/camegrad_cuda.cuh);
+The kernels cover up to MAX_TASKS["gram"] tasks for the Gram pass,
+MAX_TASKS["solve"] for the one-block solvers and MAX_TASKS["combine"] for the
+combine (csrc/cuda/camegrad_cuda.cuh);
 beyond that the registry (backends/__init__.py) runs that pass with the torch
 backend's ops, still on the device and without host syncs (the choice depends
 on shapes only, and ``info.backends`` reports it).
@@ -16,8 +17,9 @@ from ..dtypes import FLOAT_DTYPES
 from .native import combine, gram, solvers
 
 NAME = "cuda"
-# kGramMaxN and kSolveMaxN in csrc/cuda/camegrad_cuda.cuh.
-MAX_TASKS = {"gram": 256, "solve": 64}
+# kGramMaxN, kSolveMaxN and kCombineMaxN of csrc/cuda/camegrad_cuda.cuh
+# (tests/test_constants.py reads them there).
+MAX_TASKS = {"gram": 256, "solve": 64, "combine": 4096}
 
 __all__ = ["MAX_TASKS", "NAME", "combine", "gram", "solvers", "unavailable_reason"]
 

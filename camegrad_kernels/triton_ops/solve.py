@@ -60,7 +60,7 @@ def solve_options(npad: int) -> dict:
 
 
 # Globals read inside kernels must be constexpr. The work dtype is float64.
-POWER_ITERS = tl.constexpr(16)  # solver._power_lambda_max's default
+POWER_ITERS = tl.constexpr(solver.POWER_ITERS)
 TINY = tl.constexpr(torch.finfo(torch.float64).tiny)
 EPS = tl.constexpr(torch.finfo(torch.float64).eps)
 SQRT_EPS = tl.constexpr(math.sqrt(torch.finfo(torch.float64).eps))
