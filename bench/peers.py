@@ -16,7 +16,7 @@ the paper's defaults (rho=0.5, kappa=1.5, nu=0.2, eps=1e-8, unit weights):
   ``camegrad_kernels.solver`` on the device (no host sync), then ``c @ G``.
 * :func:`make_compiled_step`: ``torch.compile`` of :func:`best_effort_step`.
 
-The camegrad_kernels backends are called through the public API in bench_step.py.
+The camegrad_kernels backends are called through the public API in implementations.py.
 """
 
 from __future__ import annotations
