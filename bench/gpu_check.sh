@@ -22,7 +22,7 @@
 #   build      python setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST=9.0,
 #              MAX_JOBS = cores (no network: torch, setuptools, ninja are there)
 #   import     camegrad_kernels._C and ._cuda load; every op has a CUDA kernel
-#   tests      pytest tests/test_cuda.py tests/test_triton.py tests/test_backends.py
+#   tests      pytest tests/test_cuda.py tests/test_triton.py tests/test_conformance.py tests/test_backends.py
 #              tests/test_dynamic_range.py on the GPU (deselected: the nvcc-only
 #              build test, which the build step covers, and the "cpu" backend's
 #              cases); pytest-xdist when present
@@ -231,7 +231,7 @@ EOF
 # -- tests: the GPU tests against the reference
 step_tests() {
   local files args
-  read -r -a files <<<"${GPU_CHECK_TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_backends.py tests/test_dynamic_range.py}"
+  read -r -a files <<<"${GPU_CHECK_TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_conformance.py tests/test_backends.py tests/test_dynamic_range.py}"
   args=(-v -ra --tb=short -p no:cacheprovider -k "${GPU_CHECK_PYTEST_K:-not sources_compile and not cpu}"
     --junitxml="$OUTDIR/tests.xml")
   if [ "$DRY" = 1 ]; then

@@ -24,7 +24,7 @@ from camegrad_kernels import api, backends, ops
 ROOT = Path(__file__).resolve().parent.parent
 
 # Relative L2 error ||y - y_ref|| / ||y_ref|| allowed against the float64 reference:
-# max(BASE_TOL[dtype], 4 sqrt(d) eps_fp32). The base values are tests/test_backends.py's
+# max(BASE_TOL[dtype], 4 sqrt(d) eps_fp32). The base values are tests/helpers.py's
 # UPDATE_TOL (output rounding, half-precision intermediates of the naive peer). The
 # second term admits a correct fp32-accumulating Gram: a length-d fp32 dot product
 # is off by ~sqrt(d) eps (probabilistic rounding bound, Higham & Mary 2019), and

@@ -120,3 +120,30 @@ def primal_shortfall(M: torch.Tensor, a_u: torch.Tensor, rho: float) -> float:
     value = float((M64 @ a_u).min())
     norm = max(float(b.mean().clamp_min(0)) ** 0.5 * max_norm, 1e-300)
     return (primal_optimum(M64.numpy(), rho) - value) / norm
+
+
+# The one tolerance table: ||update - expected|| / ||expected|| against the float64
+# answer on the same rounded input, the output rounding of each dtype (the Gram,
+# hence the coefficients, are float64 for every gradient dtype).
+UPDATE_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-9}
+GRAM_TOL = 1e-12  # a Gram vs the float64 Gram of the rounded input, relative
+
+
+# Without a GPU the Triton backend runs under its (slow) interpreter. The shared
+# suites then give it a representative subset of their cases: the whole matrix
+# runs compiled wherever a GPU is present, and tests/test_triton.py covers its
+# kernels op by op (every n, dtype and option) under the interpreter too.
+INTERPRETED = not torch.cuda.is_available()
+
+
+def backend_cases(backends, cases, interpreted_keep):
+    """[(backend, *case)] over ``backends`` x ``cases``; interpreted Triton only where
+    ``interpreted_keep(case)`` is true."""
+    out = []
+    for backend in backends:
+        for case in cases:
+            case = case if isinstance(case, tuple) else (case,)
+            if backend == "triton" and INTERPRETED and not interpreted_keep(case):
+                continue
+            out.append((backend, *case))
+    return out

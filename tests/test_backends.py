@@ -1,22 +1,16 @@
-"""Every backend present against the float64 paper-literal reference.
-
-The Triton backend runs under its interpreter on CPU (slow), so it gets small d.
-"""
+"""CAME-Grad's own cases on every backend present: hard geometries, ablations, closed
+forms, determinism, the nonfinite policy (the backend x method x geometry x dtype
+matrix is tests/test_conformance.py). The Triton interpreter gets small d."""
 
 import pytest
 import torch
-from helpers import make_grads, rel_err
+from helpers import UPDATE_TOL, backend_cases, make_grads, rel_err
 
 import camegrad_kernels as ck
 from camegrad_kernels import reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ck.available_backends()
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-# Relative error of the update vs float64: the output rounding of each dtype.
-UPDATE_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-9}
-# The Gram is float64 for every dtype, with products of the inputs exact in fp64.
-GRAM_TOL = 1e-12
 
 
 def _d(backend: str, d: int) -> int:
@@ -33,41 +27,16 @@ def _step(g, backend, **kw):
     return ck.camegrad_step(g.to(_on(backend)), backend=backend, return_info=True, **kw)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 16, 40, 64])
-def test_step_matches_reference(backend, dtype, n):
-    if backend == "triton" and DEVICE == "cpu" and n >= 40 and dtype != torch.float32:
-        # The solve sees the same float64 Gram for every dtype; each dtype's Gram and
-        # combine run at n < 40. Under the interpreter each of these costs ~8 s.
-        pytest.skip("the Triton interpreter is slow: large n runs in float32 only")
-    d = _d(backend, 1031 if n < 40 else 517)
-    g = make_grads("conflicting" if n > 1 else "random", n, d, dtype, seed=n)
-    w = torch.linspace(0.5, 2.0, n).tolist()
-    out, info = _step(g, backend, weights=w)
-    expected = reference.camegrad_step(g, w)
-    assert out.dtype == dtype and out.shape == (d,)
-    assert rel_err(out.cpu(), expected) < UPDATE_TOL[dtype]
-    g64 = g.double()
-    assert info.gram.dtype == torch.float64
-    assert rel_err(info.gram.cpu(), g64 @ g64.T) < GRAM_TOL
-    if n > 1:
-        assert float(info.duality_gap) <= (1e-9 if dtype == torch.float64 else 1e-5)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "kind,scale",
-    [
-        ("collinear", 1.0),
-        ("opposing", 1.0),
-        ("zero", 1.0),
-        ("random", 1e-12),
-        ("random", 1e12),
-        ("correlated", 1.0),
-    ],
+HARD = [("collinear", 1.0), ("opposing", 1.0), ("zero", 1.0), ("random", 1e-12),
+        ("random", 1e12), ("correlated", 1.0)]
+HARD_CASES = backend_cases(
+    BACKENDS,
+    [(kind, scale, dtype) for kind, scale in HARD for dtype in (torch.float32, torch.float64)],
+    lambda c: c[2] == torch.float32,  # interpreted Triton: fp32 (test_triton.py: fp64)
 )
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+
+
+@pytest.mark.parametrize("backend,kind,scale,dtype", HARD_CASES, ids=str)
 def test_hard_geometries(backend, kind, scale, dtype):
     d = _d(backend, 999)
     g = (make_grads(kind, 4, d, torch.float64) * scale).to(dtype)
@@ -112,8 +81,11 @@ def test_ablations(backend, stages):
     assert rel_err(out.cpu(), reference.camegrad_step(g, stages=stages)) < 1e-9
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    "backend,dtype",
+    backend_cases(BACKENDS, [torch.bfloat16, torch.float32], lambda c: c[0] == torch.float32),
+    ids=str,
+)
 def test_bitwise_deterministic(backend, dtype):
     g = make_grads("conflicting", 8, _d(backend, 40_001), dtype).to(_on(backend))
     first, info1 = ck.camegrad_step(g, backend=backend, return_info=True)

@@ -12,7 +12,7 @@
 
 import pytest
 import torch
-from helpers import primal_shortfall, rel_err
+from helpers import backend_cases, primal_shortfall, rel_err
 
 import camegrad_kernels as ck
 from camegrad_kernels import methods, reference
@@ -48,11 +48,17 @@ def _cases(backend: str):
     return [(n, 64, ratio) for n in (2, 3, 4, 8, 40) for ratio in RATIOS]
 
 
-SWEEP = [(b, *case) for b in BACKENDS for case in _cases(b)]
+# Interpreted Triton: fp32 on its three cases, bf16 and fp64 on the widest ratio.
+SWEEP = [
+    (b, *case, dtype)
+    for b in BACKENDS
+    for case in _cases(b)
+    for dtype in TOL
+    if not (b == "triton" and INTERPRETED) or dtype == torch.float32 or case[2] == 1e7
+]
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=str)
-@pytest.mark.parametrize("backend,n,d,ratio", SWEEP)
+@pytest.mark.parametrize("backend,n,d,ratio,dtype", SWEEP, ids=str)
 def test_camegrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
     g = spread_grads(n, d, ratio, dtype, seed=n)
     out = ck.camegrad_step(g.to(on(backend)), backend=backend)
@@ -60,8 +66,7 @@ def test_camegrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
     assert rel_err(out.cpu(), expected) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=str)
-@pytest.mark.parametrize("backend,n,d,ratio", SWEEP)
+@pytest.mark.parametrize("backend,n,d,ratio,dtype", SWEEP, ids=str)
 def test_cagrad_over_the_dynamic_range(backend, n, d, ratio, dtype):
     g = spread_grads(n, d, ratio, dtype, seed=n + 100)
     out = ck.camegrad_step(g.to(on(backend)), backend=backend, method="cagrad")
@@ -105,9 +110,15 @@ def degenerate_grads(kind: str, d: int, seed: int) -> torch.Tensor:
 DEGENERATE = ["g,-g,h", "g,-2g,h", "g,-g,h,-h", "collinear opposite", "hull", "zero row"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", DEGENERATE)
-@pytest.mark.parametrize("method", ["camegrad", "cagrad"])
+@pytest.mark.parametrize(
+    "backend,kind,method",
+    backend_cases(
+        BACKENDS,
+        [(kind, method) for kind in DEGENERATE for method in ("camegrad", "cagrad")],
+        # Interpreted Triton: every kind for CAME-Grad, two for CAGrad (the same kernel).
+        lambda c: c[1] == "camegrad" or c[0] in ("g,-g,h", "zero row"),
+    ),
+)
 def test_degenerate_dual_reaches_the_primal_optimum(backend, kind, method):
     """r* = 0: Eq. 10 has no answer; the smoothed dual still gives a primal-optimal u."""
     rho = 0.5
@@ -160,7 +171,7 @@ def test_rank_deficient_reaches_the_primal_optimum(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_gradient_rows_reach_the_primal_optimum(backend):
     """A zero task gradient is a vertex with F = 0 that smoothing cannot lift (rectify)."""
-    count = 6 if backend == "triton" and INTERPRETED else 60
+    count = 4 if backend == "triton" and INTERPRETED else 60  # 4: every (n, d) shape once
     for seed in range(count):
         gen = torch.Generator().manual_seed(seed)
         n, d = 3 + seed % 4, (10, 2, 3, 5)[seed % 4]
@@ -173,7 +184,7 @@ def test_zero_gradient_rows_reach_the_primal_optimum(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gap_is_rounding_level_when_the_mean_is_zero(backend):
     """Rows summing to 0: mu = 0, the ball has radius 0, u = mu is optimal, gap ~ 0 (not 1e292)."""
-    for seed in range(8):
+    for seed in range(3 if backend == "triton" and INTERPRETED else 8):
         gen = torch.Generator().manual_seed(seed)
         rows = torch.randn(2, 9, generator=gen, dtype=torch.float64)
         g = torch.cat([rows, -rows.sum(0, keepdim=True)])

@@ -18,7 +18,7 @@ from .. import methods
 from ..dtypes import accumulate_dtype
 
 NAME = "triton"
-# triton_ops.gram.MAX_N and triton_ops.solve.SOLVE_MAX_N (tests/test_backends.py
+# triton_ops.gram.MAX_N and triton_ops.solve.SOLVE_MAX_N (tests/test_registry.py
 # checks): beyond them the tiles spill, and the torch pass runs instead.
 MAX_TASKS = {"gram": 128, "solve": 64}
 
