@@ -38,6 +38,17 @@ HAS_CUDA_OPS = HAS_CPU_OPS and _load("_cuda")
 _GRAM_DTYPE = torch.float64
 
 
+def solve_fake(gram: Tensor, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fake of every solve (native or torch-ops): alpha [n], coeffs [n], gap [], skipped []."""
+    n = gram.shape[0]
+    return (
+        gram.new_empty((n,)),
+        gram.new_empty((n,)),
+        gram.new_empty(()),
+        gram.new_empty((), dtype=torch.bool),
+    )
+
+
 if HAS_CPU_OPS:
 
     @torch.library.register_fake("camegrad::gram")
@@ -45,19 +56,10 @@ if HAS_CPU_OPS:
         n = grads.shape[0]
         return grads.new_empty((n, n), dtype=_GRAM_DTYPE)
 
-    def _solve_fake(gram: Tensor, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        n = gram.shape[0]
-        return (
-            gram.new_empty((n,)),
-            gram.new_empty((n,)),
-            gram.new_empty(()),
-            gram.new_empty((), dtype=torch.bool),
-        )
-
     # Every method's native solve op (MethodSpec.native_op) has the same outputs.
     for _spec in methods.REGISTRY.values():
         if _spec.native_op is not None:
-            torch.library.register_fake(f"camegrad::{_spec.native_op}")(_solve_fake)
+            torch.library.register_fake(f"camegrad::{_spec.native_op}")(solve_fake)
 
     @torch.library.register_fake("camegrad::combine")
     def _combine_fake(grads: Tensor, coeffs: Tensor, skip: Tensor | None = None) -> Tensor:

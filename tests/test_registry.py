@@ -39,11 +39,15 @@ def test_every_spec_is_complete():
         assert set(spec.reads) <= {"rho", "kappa", "nu", "eps", "stages"}
         defaults = spec.check_options(None)
         assert defaults == spec.defaults()
-        args = spec.solve_args(methods.Hyper(0.5, 1.5, 0.2, 1e-8, 7), defaults, 3, torch.device("cpu"))
+        args = spec.solve_args(
+            methods.Hyper(0.5, 1.5, 0.2, 1e-8, 7), defaults, 3, torch.device("cpu")
+        )
         M = make_grads("conflicting", 3, 20, torch.float64, seed=1)
         M = M @ M.T
         alpha, coeffs, gap, skipped = spec.solve(M, torch.ones(3, dtype=torch.float64), *args)
-        assert coeffs.shape == (3,) and alpha.shape == (3,) and gap.shape == () and not bool(skipped)
+        assert (
+            coeffs.shape == (3,) and alpha.shape == (3,) and gap.shape == () and not bool(skipped)
+        )
 
 
 def test_unknown_method_and_options():
@@ -123,9 +127,11 @@ def test_linear_forms_no_gram(backend, monkeypatch):
         raise AssertionError("a Gram pass for linear scalarization")
 
     monkeypatch.setitem(
-        backends._PLANS, (backend, G.device, G.dtype, 3), plan.__class__(
+        backends._PLANS,
+        (backend, G.device, G.dtype, 3),
+        plan.__class__(
             plan.name, backends.Pass(plan.gram.backend, forbidden), plan.combine, plan.solvers
-        )
+        ),
     )
     w = [1.0, 0.5, 2.0]
     for nonfinite in ("raise", "skip"):
@@ -140,4 +146,30 @@ def test_linear_forms_no_gram(backend, monkeypatch):
     assert torch.equal(out, torch.zeros_like(out))
     monkeypatch.undo()
     _, info = ck.step(G, "linear", w, backend=backend, return_info=True)
-    assert info.gram.shape == (3, 3) and torch.equal(info.coeffs, torch.tensor(w, dtype=torch.float64))
+    assert info.gram.shape == (3, 3) and torch.equal(
+        info.coeffs, torch.tensor(w, dtype=torch.float64)
+    )
+
+
+def test_torch_solves_pass_opcheck():
+    """Every method's torch-ops solve is a custom op that torch.library.opcheck accepts."""
+    M = make_grads("conflicting", 3, 20, torch.float64, seed=4)
+    M = M @ M.T
+    w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    hyper = methods.Hyper(0.5, 1.5, 0.2, 1e-8, 7)
+    for name, spec in methods.REGISTRY.items():
+        args = (
+            M,
+            w,
+            *spec.solve_args(
+                hyper, spec.check_options({"seed": 1} if spec.random_option else None), 3, M.device
+            ),
+        )
+        op = getattr(torch.ops.camegrad_torch, name).default
+        alpha = spec.solve(*args)[0]
+        # A method that solves nothing returns NaN alpha/gap, which the AOT check compares
+        # without equal_nan: it runs every other check.
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+        if bool(torch.isfinite(alpha).all()):
+            utils += ("test_aot_dispatch_dynamic",)
+        torch.library.opcheck(op, args, test_utils=utils)

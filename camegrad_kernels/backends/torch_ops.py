@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .. import methods
+from .. import methods, ops
 from ..dtypes import accumulate_dtype, gram_dtype
 
 NAME = "torch"
@@ -76,16 +76,7 @@ def _register(spec: methods.MethodSpec) -> Callable[..., methods.SolveResult]:
         _with_signature(_unaliased(spec.solve), spec.solve)
     )
 
-    @op.register_fake
-    def _(gram: Tensor, *args: object) -> methods.SolveResult:
-        n = gram.shape[0]
-        return (
-            gram.new_empty((n,)),
-            gram.new_empty((n,)),
-            gram.new_empty(()),
-            gram.new_empty((), dtype=torch.bool),
-        )
-
+    op.register_fake(ops.solve_fake)
     return op
 
 
