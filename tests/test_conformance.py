@@ -49,12 +49,10 @@ def _expected(method: str, g: torch.Tensor, w: list[float]) -> torch.Tensor:
 
 
 def _keep_interpreted(case: tuple) -> bool:
-    """Interpreted Triton: every method on 3 conflicting tasks in fp32, CAME-Grad in every
-    dtype there and on 16 tasks in fp32 (test_triton.py: every n and option)."""
+    """Interpreted Triton: every method on 3 conflicting tasks in fp32 and CAME-Grad in every
+    dtype there (test_triton.py: its kernels at every n, dtype and option)."""
     method, (kind, n, _), dtype = case
-    if (kind, n) == ("conflicting", 3):
-        return dtype == torch.float32 or method == "camegrad"
-    return (method, n, dtype) == ("camegrad", 16, torch.float32)
+    return (kind, n) == ("conflicting", 3) and (dtype == torch.float32 or method == "camegrad")
 
 
 CASES = backend_cases(
@@ -90,6 +88,8 @@ def test_update_matches_the_float64_answer(backend, method, geometry, dtype):
     }
     if method in SOLVED and n > 1:
         assert float(info.duality_gap) <= GAP_TOL.get(dtype, 1e-5)
+    if backend == "triton" and DEVICE == "cpu":
+        return  # interpreted: the same kernel again costs seconds; compiled on a GPU it runs
     # The coefficients from the Gram alone are the step's.
     again = ck.coefficients(
         info.gram, method, w, method_options=_options(method), rho=RHO, backend=backend

@@ -171,7 +171,7 @@ def test_rank_deficient_reaches_the_primal_optimum(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_gradient_rows_reach_the_primal_optimum(backend):
     """A zero task gradient is a vertex with F = 0 that smoothing cannot lift (rectify)."""
-    count = 4 if backend == "triton" and INTERPRETED else 60  # 4: every (n, d) shape once
+    count = 2 if backend == "triton" and INTERPRETED else 60
     for seed in range(count):
         gen = torch.Generator().manual_seed(seed)
         n, d = 3 + seed % 4, (10, 2, 3, 5)[seed % 4]
@@ -184,7 +184,7 @@ def test_zero_gradient_rows_reach_the_primal_optimum(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gap_is_rounding_level_when_the_mean_is_zero(backend):
     """Rows summing to 0: mu = 0, the ball has radius 0, u = mu is optimal, gap ~ 0 (not 1e292)."""
-    for seed in range(3 if backend == "triton" and INTERPRETED else 8):
+    for seed in range(2 if backend == "triton" and INTERPRETED else 8):
         gen = torch.Generator().manual_seed(seed)
         rows = torch.randn(2, 9, generator=gen, dtype=torch.float64)
         g = torch.cat([rows, -rows.sum(0, keepdim=True)])

@@ -447,7 +447,10 @@ def test_native_solvers_nonfinite_and_bad_order(backend):
     w = torch.ones(3, dtype=F64)
     bad = M.clone()
     bad[0, 2] = float("inf")
-    for name, args in _native_cases(3, "random", F64, seed=0):
+    cases = _native_cases(3, "random", F64, seed=0)
+    if backend == "triton" and INTERPRETED:  # test_triton.py: every method's non-finite Gram
+        cases = []
+    for name, args in cases:
         alpha, coeffs, gap, skipped = module.solvers()[name](bad, *args[1:])
         assert bool(skipped) and torch.equal(coeffs, torch.zeros(3, dtype=F64)), name
         assert alpha.isnan().all() and gap.isnan(), name
