@@ -131,8 +131,7 @@ def with_drawn_seed(config: StepConfig) -> StepConfig:
     key = config.method.random_option
     if key is None or config.options[key] is not None:
         return config
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    return replace(config, options=MappingProxyType({**config.options, key: seed}))
+    return with_seed(config, int(torch.randint(0, 2**62, (), dtype=torch.int64)))
 
 
 def with_seed(config: StepConfig, seed: int) -> StepConfig:

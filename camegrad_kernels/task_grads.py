@@ -123,6 +123,7 @@ class TaskGradBuffer:
         self.shared_ids = {id(p) for p in params}
         self.n: int | None = None
         self.rows: Tensor | None = None  # [n, d]
+        self.pairs: Tensor | None = None  # [2, n(n-1)/2]: the task pairs i < j
         self.update = torch.zeros(self.numel, dtype=self.dtype, device=self.device)  # [d]
         self._update_views = self.views(self.update)
         self._row_views: list[list[Tensor]] = []
@@ -141,6 +142,7 @@ class TaskGradBuffer:
             self.n = n
             self.rows = torch.zeros(n, self.numel, dtype=self.dtype, device=self.device)
             self._row_views = [self.views(self.rows[i]) for i in range(n)]
+            self.pairs = torch.triu_indices(n, n, offset=1, device=self.device)
         else:
             self.rows.zero_()
         return self.rows

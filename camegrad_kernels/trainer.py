@@ -98,16 +98,18 @@ class TrainStepInfo(StepInfo):
     losses: Tensor = None  # type: ignore[assignment]
 
     @classmethod
-    def of(cls, info: StepInfo, losses: Sequence[Tensor]) -> TrainStepInfo:
-        """``info`` with the diagnostics of a step on ``losses`` (device ops, no sync)."""
+    def of(cls, info: StepInfo, losses: Sequence[Tensor], pairs: Tensor) -> TrainStepInfo:
+        """``info`` with the diagnostics of a step on ``losses`` (device ops, no sync).
+
+        ``pairs`` [2, n(n-1)/2]: the task pairs i < j (integer indices: a boolean
+        mask would make the selection's size data-dependent, a host sync on a GPU).
+        """
         gram = info.gram
-        n = gram.shape[0]
-        upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=gram.device), diagonal=1)
         values = {f.name: getattr(info, f.name) for f in fields(StepInfo)}
         return cls(
             **values,
             task_norms=torch.sqrt(torch.diagonal(gram).clamp_min(0.0)),
-            negative_ratio=(info.cosines[upper] < 0).to(gram.dtype).mean(),
+            negative_ratio=(info.cosines[pairs[0], pairs[1]] < 0).to(gram.dtype).mean(),
             losses=torch.stack(
                 [loss.detach().reshape(()).to(gram.device, gram.dtype) for loss in losses]
             ),
@@ -212,7 +214,6 @@ class CAMEGrad:
         Takes effect at the next :meth:`backward`. After the first call the
         number of weights must equal the number of tasks fixed then.
         """
-        parsed: list[float] | None = None
         if weights is not None:
             if isinstance(weights, Tensor) and weights.dim() != 1:
                 raise ValueError(
@@ -230,14 +231,14 @@ class CAMEGrad:
                 raise ValueError(
                     f"weights: expected {self.n} weights (the number of tasks), got {count}"
                 )
-            parsed = list(validation.host_weights(weights, count) or ())
-        # The weights, rho, kappa, eps and kappa * sum(w) must be finite in the combine
-        # dtype: the error comes at the call that set them.
+        # Every setting checked here, once (the weights, rho, kappa, eps and kappa * sum(w)
+        # finite in the combine dtype): the error comes at the call that set them.
         self.config = core.make_config(
-            n=1 if parsed is None else len(parsed), dtype=accumulate_dtype(self.dtype),
-            what=f"the combine dtype of {self.dtype} gradients", weights=parsed,
+            n=1 if weights is None else count, dtype=accumulate_dtype(self.dtype),
+            what=f"the combine dtype of {self.dtype} gradients", weights=weights,
             **self._settings,
         )
+        parsed = None if self.config.weights is None else list(self.config.weights)
         self.weights: list[float] | None = parsed
         # All-ones weights are passed as None: the step then copies nothing to the device.
         uniform = parsed is None or all(w == 1.0 for w in parsed)
@@ -298,7 +299,7 @@ class CAMEGrad:
         if self.nonfinite == "propagate":
             self.update.masked_fill_(info.skipped, math.nan)
 
-        return TrainStepInfo.of(info, items)
+        return TrainStepInfo.of(info, items, self.buffer.pairs)
 
     def step_config(self) -> core.StepConfig:
         """The config of the next step: the trainer's, with this step's seed for a random method."""
