@@ -7,19 +7,14 @@ under TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA) with tiny d.
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import traceback
-from datetime import timedelta
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
+import ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from helpers import make_grads, rel_err
 
 import camegrad_kernels as ck
@@ -394,77 +389,46 @@ def test_trainer_and_compat_take_numpy_scalars():
 # --------------------------------------------------------------------------- the sharded step
 
 
-def _sharded_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-        timeout=timedelta(seconds=20),
-    )
-    results = {}
-
-    def record(name, fn):
-        try:
-            fn()
-            results[name] = ""
-        except Exception:  # noqa: BLE001 -- recorded; the next case still runs on every rank
-            results[name] = traceback.format_exc()
-
+def _shard_overflows(device):
     # Only rank 1's shard overflows fp16; the global Gram and coefficients are finite.
-    shard = torch.full((2, 4), 4e4 if rank == 1 else 1.0, dtype=torch.float16)
+    return torch.full((2, 4), 4e4 if dist.get_rank() == 1 else 1.0, dtype=torch.float16)
 
-    def skip():
-        out, info = step_sharded(
-            shard, backend="torch", nonfinite="skip", return_info=True
-        )
-        assert bool(info.skipped), "every rank skips"
-        assert torch.equal(out, torch.zeros_like(out))
 
-    def raise_():
-        with pytest.raises(ValueError, match=r"the update overflowed torch\.float16"):
-            step_sharded(shard, backend="torch")
+def _sharded_skip(device):
+    out, info = step_sharded(
+        _shard_overflows(device), backend="torch", nonfinite="skip", return_info=True
+    )
+    assert bool(info.skipped), "every rank skips"
+    assert torch.equal(out, torch.zeros_like(out))
 
-    def out_checks():
-        g = torch.randn(2, 4, generator=torch.Generator().manual_seed(rank))
-        with pytest.raises(ValueError, match="out: a leaf Variable"):
-            step_sharded(g, out=torch.zeros(4, requires_grad=True), backend="torch")
-        x = torch.randn(4, requires_grad=True)
-        out = torch.zeros(4)
-        loss = (x * out).sum()
-        step_sharded(g, out=out, backend="torch", rho=np.float32(0.5))
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-            loss.backward()
-        with pytest.raises(TypeError, match="return_info"):
-            step_sharded(g, backend="torch", return_info="yes")
-        with pytest.raises(ValueError, match=r"kappa: .*float32"):
-            step_sharded(g, backend="torch", kappa=1e40)
 
-    for name, fn in (("skip", skip), ("raise", raise_), ("out", out_checks)):
-        record(name, fn)
-    dist.destroy_process_group()
-    Path(result_dir, f"{rank}.json").write_text(json.dumps(results))
+def _sharded_raise(device):
+    with pytest.raises(ValueError, match=r"the update overflowed torch\.float16"):
+        step_sharded(_shard_overflows(device), backend="torch")
+
+
+def _sharded_out_checks(device):
+    g = torch.randn(2, 4, generator=torch.Generator().manual_seed(dist.get_rank()))
+    with pytest.raises(ValueError, match="out: a leaf Variable"):
+        step_sharded(g, out=torch.zeros(4, requires_grad=True), backend="torch")
+    x = torch.randn(4, requires_grad=True)
+    out = torch.zeros(4)
+    loss = (x * out).sum()
+    step_sharded(g, out=out, backend="torch", rho=np.float32(0.5))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    with pytest.raises(TypeError, match="return_info"):
+        step_sharded(g, backend="torch", return_info="yes")
+    with pytest.raises(ValueError, match=r"kappa: .*float32"):
+        step_sharded(g, backend="torch", kappa=1e40)
+
+
+SHARDED_CASES = {"skip": _sharded_skip, "raise": _sharded_raise, "out": _sharded_out_checks}
 
 
 def test_sharded_step_agrees_on_overflow_and_checks_out(tmp_path):
-    world = 2
-    context = mp.spawn(
-        _sharded_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=world, join=False,
-    )
-    stop = time.monotonic() + 90.0
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > stop:
-                raise TimeoutError("the ranks did not finish in 90 s")
-    finally:
-        for process in context.processes:  # only the ranks spawned here
-            if process.is_alive():
-                process.terminate()
-    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
-    failures = "\n".join(
-        f"--- rank {r} {name}:\n{text}"
-        for r, res in enumerate(results)
-        for name, text in res.items()
-        if text
-    )
+    results = ranks.spawn(2, "gloo", tmp_path, __name__, "SHARDED_CASES")
+    failures = "\n".join(filter(None, (ranks.failures(results, name) for name in SHARDED_CASES)))
     assert not failures, failures
 
 

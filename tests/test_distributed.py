@@ -8,16 +8,10 @@ that hangs fails through the group's short timeout instead.
 
 from __future__ import annotations
 
-import json
-import time
-import traceback
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
+import ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from camegrad_kernels import camegrad_step
 from camegrad_kernels.distributed import (
@@ -242,59 +236,15 @@ def shard_step_gather_pipeline(device):
 # --------------------------------------------------------------------------- harness
 
 
-def _worker(rank: int, world: int, backend: str, init_file: str, result_dir: str) -> None:
-    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
-    if backend == "nccl":
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend,
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=20),
-    )
-    results = {}
-    for name, fn in SCENARIOS.items():
-        try:
-            fn(device)
-            results[name] = ""
-        except Exception:  # noqa: BLE001 -- record it; the next scenario still runs on every rank
-            results[name] = traceback.format_exc()
-    # Tear down together: a rank destroying its group while a peer still has gloo
-    # traffic in flight can abort at exit ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
-    Path(result_dir, f"{rank}.json").write_text(json.dumps(results))
-
-
-def _spawn(world: int, backend: str, tmp: Path, deadline_s: float = 90.0) -> list[dict]:
-    context = mp.spawn(
-        _worker, args=(world, backend, str(tmp / "rendezvous"), str(tmp)), nprocs=world, join=False
-    )
-    stop = time.monotonic() + deadline_s
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > stop:
-                raise TimeoutError(f"{world} ranks did not finish in {deadline_s} s")
-    finally:
-        for process in context.processes:  # only the ranks spawned here
-            if process.is_alive():
-                process.terminate()
-    return [json.loads((tmp / f"{rank}.json").read_text()) for rank in range(world)]
-
-
-def _failures(results: list[dict], name: str) -> str:
-    return "\n".join(f"--- rank {rank}:\n{r[name]}" for rank, r in enumerate(results) if r[name])
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda p: f"{p}ranks")
 def gloo_results(request, tmp_path_factory):
-    return _spawn(request.param, "gloo", tmp_path_factory.mktemp(f"gloo{request.param}"))
+    tmp = tmp_path_factory.mktemp(f"gloo{request.param}")
+    return ranks.spawn(request.param, "gloo", tmp, __name__, "SCENARIOS")
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_gloo(gloo_results, name):
-    failures = _failures(gloo_results, name)
+    failures = ranks.failures(gloo_results, name)
     assert not failures, failures
 
 
@@ -303,8 +253,8 @@ def test_gloo(gloo_results, name):
     reason="NCCL needs >= 2 CUDA GPUs",
 )
 def test_nccl(tmp_path):
-    results = _spawn(2, "nccl", tmp_path, deadline_s=180.0)
-    failures = "\n".join(_failures(results, name) for name in SCENARIOS)
+    results = ranks.spawn(2, "nccl", tmp_path, __name__, "SCENARIOS", deadline_s=180.0)
+    failures = "\n".join(filter(None, (ranks.failures(results, name) for name in SCENARIOS)))
     assert not failures.strip(), failures
 
 
